@@ -1,0 +1,1 @@
+"""Loading saved checkpoints back: QuantLinear modules and backend selection."""

@@ -1,0 +1,1 @@
+"""Model loading, block discovery and per-architecture facts."""

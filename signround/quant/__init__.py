@@ -1,0 +1,1 @@
+"""Pure numerics: tensors in, tensors out. No module state, no I/O."""

@@ -1,0 +1,1 @@
+"""Quantization algorithms run block by block: SignRound tuning, RTN and optimised RTN."""
