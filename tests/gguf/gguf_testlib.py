@@ -11,7 +11,9 @@ import torch
 
 from signround.quant.gguf import GGMLType, type_facts
 
-__all__ = ["LEGACY", "KQUANTS", "QUANT", "test_weights", "ggml_lib", "ggml_quantize", "assert_blocks_equal", "block_diff_report", "real_weight"]
+__all__ = [
+    "LEGACY", "KQUANTS", "QUANT", "test_weights", "tiny_tokenizer", "tiny_arch_model", "llama_quantize", "llama_logits",
+    "ggml_lib", "ggml_quantize", "assert_blocks_equal", "block_diff_report", "real_weight"]
 
 
 LEGACY = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
@@ -106,3 +108,89 @@ def real_weight(name: str) -> torch.Tensor:
         pytest.skip(f"SmolLM2 is not available: {e}")
     with safe_open(os.fspath(folder / "model.safetensors"), "pt") as f:
         return f.get_tensor(name).float()
+
+
+_TEXT = [
+    "The quick brown fox jumps over the lazy dog. ",
+    "Numbers 12345 and symbols !?., appear here; so do tabs\tand newlines\n.",
+    "Hello world, this is a tiny tokenizer for the GGUF writer tests.",
+] * 20
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (GPT-2 style, 3 specials, a few hundred tokens) built in memory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(_TEXT, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast.chat_template = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}"
+    return fast
+
+
+def tiny_arch_model(arch: str, hidden: int = 256, seed: int = 0) -> torch.nn.Module:
+    """A random 2-layer model of ``arch`` whose widths fit the k-quants, with non-trivial norms and biases."""
+    import transformers
+
+    base = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=512, max_position_embeddings=256,
+                bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    configs = {
+        "llama": lambda: transformers.LlamaConfig(**base, tie_word_embeddings=False),
+        "mistral": lambda: transformers.MistralConfig(**base, tie_word_embeddings=False),
+        "qwen2": lambda: transformers.Qwen2Config(**base, tie_word_embeddings=True),
+        "qwen3": lambda: transformers.Qwen3Config(**base, head_dim=96, tie_word_embeddings=False),
+        "gemma3_text": lambda: transformers.Gemma3TextConfig(**base, head_dim=64, query_pre_attn_scalar=64, sliding_window=64),
+    }
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(configs[arch](), dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+            if name.endswith(("q_proj.bias", "k_proj.bias")):
+                p.normal_(0, 0.5)
+    return model
+
+
+def llama_quantize(src, dst, mix: str, imatrix: dict | None = None) -> None:
+    """llama.cpp's own quantizer (``llama_model_quantize``) from a float GGUF; imatrix keyed by GGUF tensor name."""
+    import pytest
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{mix.upper()}")
+    params.nthread = 1
+    keep = []
+    if imatrix:
+        arr = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, v) in enumerate(imatrix.items()):
+            a = np.ascontiguousarray(v.float().numpy())
+            keep.append(a)
+            arr[i].name = name.encode()
+            arr[i].data = a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            arr[i].size = a.size
+        arr[len(imatrix)].name = None
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    assert llama_cpp.llama_model_quantize(os.fspath(src).encode(), os.fspath(dst).encode(), params) == 0
+
+
+def llama_logits(path, ids: list[int]) -> np.ndarray:
+    """(len(ids), n_vocab) logits of llama.cpp for token ids (``logits_all`` + ``eval`` + ``scores``)."""
+    import pytest
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=os.fspath(path), n_ctx=256, n_batch=256, logits_all=True, n_threads=1, verbose=False)
+    try:
+        llm.reset()
+        llm.eval(ids)
+        return np.array(llm.scores[: llm.n_tokens])
+    finally:
+        llm.close()
