@@ -12,7 +12,7 @@ import torch
 from signround.quant.gguf import GGMLType, type_facts
 
 __all__ = [
-    "LEGACY", "KQUANTS", "QUANT", "test_weights", "tiny_tokenizer", "tiny_arch_model", "llama_quantize", "llama_logits",
+    "LEGACY", "KQUANTS", "QUANT", "test_weights", "tiny_tokenizer", "tiny_spm_tokenizer", "tiny_arch_model", "llama_quantize", "llama_logits",
     "ggml_lib", "ggml_quantize", "assert_blocks_equal", "block_diff_report", "real_weight"]
 
 
@@ -133,6 +133,37 @@ def tiny_tokenizer():
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     fast.chat_template = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}"
     return fast
+
+
+def tiny_spm_tokenizer():
+    """A SentencePiece-style BPE tokenizer with byte fallback (Llama 2 / Mistral layout) built in memory:
+    ``<unk> <s> </s>``, the 256 ``<0xXX>`` byte tokens, then trained pieces; adds ``<s>``."""
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.BPE())
+    t.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never")
+    t.train_from_iterator(_TEXT, trainers.BpeTrainer(vocab_size=400, show_progress=False))
+    j = json.loads(t.to_str())
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece, _ in sorted(j["model"]["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(piece, len(vocab))
+    j["model"].update(vocab=vocab, byte_fallback=True, unk_token="<unk>", fuse_unk=True)
+    j["pre_tokenizer"] = None
+    j["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    j["added_tokens"] = [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i, c in enumerate(["<unk>", "<s>", "</s>"])]
+    bos = {"SpecialToken": {"id": "<s>", "type_id": 0}}
+    j["post_processor"] = {"type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                           "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(j)),
+                                   bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def tiny_arch_model(arch: str, hidden: int = 256, seed: int = 0) -> torch.nn.Module:

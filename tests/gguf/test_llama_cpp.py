@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gguf_testlib import llama_logits, llama_quantize, tiny_arch_model, tiny_tokenizer
+from gguf_testlib import llama_logits, llama_quantize, tiny_arch_model, tiny_spm_tokenizer, tiny_tokenizer
 from signround.export.gguf import export_gguf, load_gguf_state_dict, model_tensors, read_gguf_tensors
 from signround.quant.gguf import GGMLType, decode_tensor, type_facts
 
@@ -72,14 +72,18 @@ def test_tiny_architectures_run_in_llama_cpp(tmp_path, tok, arch):
     assert agree >= 0.8 and rel < 0.06, f"{arch} q4_k_m: argmax agreement {agree:.2f}, relative logit error {rel:.3f}"
 
 
-def test_llama_cpp_tokenizes_like_transformers(tmp_path, tok):
+@pytest.mark.parametrize("kind", ["bpe", "spm"])
+def test_llama_cpp_tokenizes_like_transformers(tmp_path, tok, kind):
     import llama_cpp
 
-    path = export_gguf(tiny_arch_model("qwen2"), tok, tmp_path / "t.gguf", "q8_0")
+    tokenizer = tok if kind == "bpe" else tiny_spm_tokenizer()
+    path = export_gguf(tiny_arch_model("qwen2" if kind == "bpe" else "mistral"), tokenizer, tmp_path / "t.gguf", "q8_0")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, vocab_only=True, verbose=False)
     try:
-        for text in (TEXT, "  leading spaces,\ttabs\nand 3.14159 digits", "<s>special</s>"):
-            assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False)["input_ids"]
+        for text in (TEXT, "  leading spaces,\ttabs\nand 3.14159 digits \u2713 \u00fcn\u00efc\u00f6d\u00e9", "<s>special</s>"):
+            add_bos = kind == "spm"
+            ours = llm.tokenize(text.encode(), add_bos=add_bos, special=True)
+            assert ours == tokenizer(text, add_special_tokens=add_bos)["input_ids"], text
     finally:
         llm.close()
 

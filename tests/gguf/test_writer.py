@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gguf_testlib import tiny_arch_model, tiny_tokenizer
+from gguf_testlib import tiny_arch_model, tiny_spm_tokenizer, tiny_tokenizer
 from signround.export.gguf import (
     GGUFModelWriter,
     export_gguf,
@@ -149,3 +149,18 @@ def test_failed_write_leaves_nothing(tmp_path, tok, monkeypatch):
 def test_unknown_mix(tmp_path, tok):
     with pytest.raises(ValueError, match="valid: q4_0, q4_1, q5_0"):
         export_gguf(tiny_arch_model("llama"), tok, tmp_path / "m.gguf", "q4_k_xl")
+
+
+def test_spm_style_vocab(tmp_path):
+    """Byte-fallback BPE is written as llama.cpp's "llama" (SentencePiece) vocab with BYTE tokens and
+    scores that order merges by rank."""
+    spm = tiny_spm_tokenizer()
+    f = _fields(export_gguf(tiny_arch_model("mistral"), spm, tmp_path / "s.gguf", "q8_0"))
+    assert f["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.pre" not in f
+    types, scores, tokens = f["tokenizer.ggml.token_type"], f["tokenizer.ggml.scores"], f["tokenizer.ggml.tokens"]
+    assert types[0] == int(gguf.TokenType.UNKNOWN) and types[1] == types[2] == int(gguf.TokenType.CONTROL)
+    assert tokens[3] == "<0x00>" and set(types[3:259]) == {int(gguf.TokenType.BYTE)}
+    merges = json.loads(spm.backend_tokenizer.to_str())["model"]["merges"]
+    first = "".join(merges[0]) if isinstance(merges[0], list) else merges[0].replace(" ", "")
+    assert scores[tokens.index(first)] == -1.0
+    assert f["tokenizer.ggml.add_bos_token"] is True and f["tokenizer.ggml.add_space_prefix"] is True
