@@ -1,0 +1,199 @@
+"""The Python API: ``AutoRound(model, scheme=..., iters=...).quantize_and_save(out, format=...)``.
+
+A thin facade over the pipeline (load -> plan -> calibrate -> quantize -> export). Names and
+defaults match the command line. Everything that can be checked is checked before calibration.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from .export.formats import parse_formats
+from .export.registry import ExportInput, export_dir_name, export_model
+from .model.arch import arch_facts
+from .model.loading import LoadedModel, load_model, resolve_dtype
+from .plan import QuantPlan, build_plan
+from .schemes import QuantScheme, resolve_scheme
+from .tune.driver import QuantizeResult, RuntimeOptions, quantize_model
+from .tune.signround import SignRoundConfig
+
+__all__ = ["AutoRound"]
+
+logger = logging.getLogger(__name__)
+
+
+def _pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class AutoRound:
+    """Quantize a causal LM with SignRound (iters > 0), optimised RTN (iters 0) or plain RTN.
+
+    ``model`` is a local directory, a hub id, a ``.gguf`` file, ``pkg:NAME`` (the .gguf inside an
+    installed Python package) or an already loaded ``nn.Module`` (then pass ``tokenizer``).
+    """
+
+    def __init__(
+        self,
+        model: "str | torch.nn.Module",
+        tokenizer: Any = None,
+        scheme: "str | QuantScheme | Mapping[str, Any]" = "W4A16",
+        *,
+        bits: int | None = None,
+        group_size: int | None = None,
+        sym: bool | None = None,
+        layer_config: Mapping[str, Any] | None = None,
+        ignore_layers: "str | Iterable[str] | None" = None,
+        quant_lm_head: bool = False,
+        iters: int = 200,
+        lr: float | None = None,
+        minmax_lr: float | None = None,
+        nsamples: int = 128,
+        seqlen: int = 2048,
+        batch_size: int = 8,
+        gradient_accumulate_steps: int = 1,
+        dataset: Any = None,
+        seed: int = 42,
+        disable_opt_rtn: bool = False,
+        enable_minmax_tuning: bool = True,
+        enable_quanted_input: bool = True,
+        early_stop: int = 0,
+        eval_every: int = 0,
+        device: str = "auto",
+        low_gpu_mem_usage: bool = False,
+        dtype: "str | torch.dtype" = "auto",
+        tune_dtype: "str | torch.dtype" = "float32",
+        show_progress: bool = True,
+    ) -> None:
+        self.scheme = resolve_scheme(scheme, bits=bits, group_size=group_size, sym=sym)
+        self.signround = SignRoundConfig(
+            iters=iters, lr=lr, minmax_lr=minmax_lr, batch_size=batch_size,
+            gradient_accumulate_steps=gradient_accumulate_steps, enable_minmax_tuning=enable_minmax_tuning,
+            enable_quanted_input=enable_quanted_input, eval_every=eval_every, early_stop=early_stop, seed=seed,
+        )
+        if iters > 0 or not disable_opt_rtn:
+            if nsamples < 1 or seqlen < 2:
+                raise ValueError(f"calibration needs nsamples >= 1 and seqlen >= 2, got nsamples={nsamples}, seqlen={seqlen}")
+        tdt = resolve_dtype(tune_dtype)
+        if tdt == "auto":
+            tdt = torch.float32
+        self.runtime = RuntimeOptions(device=_pick_device(device), tune_dtype=tdt, low_gpu_mem_usage=low_gpu_mem_usage,
+                                      forward_batch_size=batch_size, show_progress=show_progress)
+        self.layer_config = dict(layer_config or {})
+        self.ignore_layers = ignore_layers
+        self.quant_lm_head = quant_lm_head
+        self.nsamples, self.seqlen, self.dataset, self.seed = nsamples, seqlen, dataset, seed
+        self.optimize_rtn = not disable_opt_rtn
+        self._check_dataset()
+        self.loaded = self._load(model, tokenizer, dtype)
+        self.arch = arch_facts(self.loaded.model)
+        self.result: QuantizeResult | None = None
+        self._plan: QuantPlan | None = None
+        self.calibration_source = ""
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _check_dataset(self) -> None:
+        if isinstance(self.dataset, str):
+            from .calib import parse_dataset_spec
+
+            parse_dataset_spec(self.dataset)  # a spec that does not parse fails before the model loads
+
+    @staticmethod
+    def _load(model: Any, tokenizer: Any, dtype: Any) -> LoadedModel:
+        if isinstance(model, torch.nn.Module):
+            name = Path(getattr(getattr(model, "config", None), "_name_or_path", "") or "model").name or "model"
+            return LoadedModel(model=model.eval(), tokenizer=tokenizer, source=name, name=name)
+        if not isinstance(model, str):
+            raise TypeError(f"model must be a path, hub id or nn.Module, got {type(model).__name__}")
+        if model.startswith("pkg:"):
+            from .testing import package_gguf_path
+
+            model = str(package_gguf_path(model[4:]))
+        return load_model(model, dtype=dtype)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    def plan(self, formats: "str | Iterable[str] | None" = None) -> QuantPlan:
+        fmts = parse_formats(formats) if formats else []
+        return build_plan(self.model, self.arch, self.scheme, layer_config=self.layer_config,
+                          ignore_layers=self.ignore_layers, quant_lm_head=self.quant_lm_head, formats=fmts)
+
+    def _calibration(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.signround.iters == 0 and not self.optimize_rtn:
+            return None, None
+        from .calib import get_calibration_data
+
+        data = get_calibration_data(self.tokenizer, self.dataset, nsamples=self.nsamples, seqlen=self.seqlen,
+                                    seed=self.seed)
+        self.calibration_source = data.source
+        logger.info("calibration: %d rows x %d tokens from %s", data.input_ids.shape[0], data.input_ids.shape[1],
+                    data.source)
+        return data.input_ids, data.attention_mask
+
+    # -- the pipeline ---------------------------------------------------------------------------
+    def quantize(self, formats: "str | Iterable[str] | None" = None) -> tuple[torch.nn.Module, QuantizeResult]:
+        """Quantize the model in place; returns it (its weights now hold the dequantized codes) and the result."""
+        if self.result is not None:
+            return self.model, self.result
+        self._plan = self.plan(formats)
+        logger.info("plan:\n%s", self._plan.table())
+        input_ids, mask = self._calibration()
+        t0 = time.time()
+        self.result = quantize_model(self.model, self.arch, self._plan, input_ids, mask, self.signround,
+                                     optimize_rtn=self.optimize_rtn, runtime=self.runtime)
+        logger.info("quantized %d layers in %.1f s, peak RSS %.0f MiB", len(self.result.weights), time.time() - t0,
+                    _peak_rss_mib())
+        return self.model, self.result
+
+    def settings(self) -> dict[str, Any]:
+        sr = self.signround
+        return {
+            "iters": sr.iters, "lr": sr.rounding_lr if sr.iters else None, "minmax_lr": sr.range_lr if sr.iters else None,
+            "nsamples": self.nsamples, "seqlen": self.seqlen, "batch_size": sr.batch_size,
+            "gradient_accumulate_steps": sr.gradient_accumulate_steps, "enable_minmax_tuning": sr.enable_minmax_tuning,
+            "enable_quanted_input": sr.enable_quanted_input, "opt_rtn": self.optimize_rtn, "seed": self.seed,
+            "dataset": self.calibration_source or None,
+        }
+
+    def save_quantized(self, output_dir: "str | Path" = "tmp_signround", format: str = "auto_round") -> list[Path]:
+        """Write every requested format (comma separated) from the same codes; returns the directories."""
+        fmts = parse_formats(format)
+        if self.result is None:
+            self.quantize(fmts)
+        else:
+            self.plan(fmts)  # the formats may differ from the ones checked at quantize time
+        assert self._plan is not None and self.result is not None
+        log = {"seconds": round(self.result.seconds, 2), "peak_rss_mib": round(_peak_rss_mib(), 1),
+               "blocks": self.result.blocks, "layers": self.result.layers}
+        data = ExportInput(self.model, self.tokenizer, self._plan, self.result.weights, self.settings(),
+                           self.loaded.source, log)
+        out = []
+        for fmt in fmts:
+            target = Path(output_dir) / export_dir_name(self.loaded.name, self._plan, fmt)
+            out.append(export_model(data, fmt, target))
+        return out
+
+    def quantize_and_save(self, output_dir: "str | Path" = "tmp_signround", format: str = "auto_round") -> list[Path]:
+        fmts = parse_formats(format)  # an unknown format fails before any work
+        self.quantize(fmts)
+        return self.save_quantized(output_dir, ",".join(f.value for f in fmts))

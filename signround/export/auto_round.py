@@ -1,0 +1,94 @@
+"""The ``auto_round`` format (``quant_method: auto-round``), AutoRound reference §5.1.
+
+Tensors of a quantized Linear ``<layer>`` (``K`` = in_features, ``N`` = out_features,
+``G = ceil(K / group_size)``):
+
+- ``<layer>.qweight``: (K * bits / 32, N) int32, codes packed along the input dimension (``packing.py``)
+- ``<layer>.qzeros``:  (G, N * bits / 32) int32, zero points packed along the output dimension;
+  stored as ``zero - 1`` (GPTQ v1) for ``packing_format = auto_round:auto_gptq``, raw for ``auto_round``
+- ``<layer>.scales``:  (G, N) float16 (negative values are normal for full-range sym)
+- ``<layer>.bias``:    (N,) float16, when the layer has a bias
+
+All-sym checkpoints use ``auto_round:auto_gptq`` (read by every GPTQ kernel); a checkpoint with any
+asym layer uses ``auto_round``, because the v1 ``zero - 1`` convention cannot store a zero point of 0.
+Layers whose scheme differs from the global one are listed in ``extra_config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..plan import QuantPlan
+from ..quant.types import QuantizedWeight
+from .formats import Format
+from .io import float_state_dict, save_model_files, save_tensors
+from .packing import pack_bits
+from .registry import ExportInput, register_writer
+
+__all__ = ["packed_layer_tensors", "auto_round_quantization_config", "GPTQ_PACKING", "PLAIN_PACKING"]
+
+GPTQ_PACKING = "auto_round:auto_gptq"
+PLAIN_PACKING = "auto_round"
+
+
+def packed_layer_tensors(qw: QuantizedWeight, zero_offset: int) -> dict[str, torch.Tensor]:
+    """qweight/qzeros/scales of one layer; ``zero_offset`` is 1 for the GPTQ v1 ``zero - 1`` convention."""
+    mask = 2**qw.bits - 1
+    qweight = pack_bits(qw.codes.t().contiguous(), qw.bits, dim=0)  # (K*bits/32, N)
+    zeros = (qw.zero.t().to(torch.int64) - zero_offset) & mask  # (G, N)
+    qzeros = pack_bits(zeros, qw.bits, dim=1)  # (G, N*bits/32)
+    scales = qw.scale.t().contiguous().to(torch.float16)  # (G, N)
+    return {"qweight": qweight, "qzeros": qzeros, "scales": scales}
+
+
+def _scheme_keys(scheme) -> dict[str, Any]:
+    if not scheme.is_quantized:
+        return {"bits": 16, "data_type": "float"}
+    gs = -1 if scheme.group_size == 0 else scheme.group_size
+    return {"bits": scheme.bits, "group_size": gs, "sym": scheme.sym, "data_type": scheme.data_type}
+
+
+def auto_round_quantization_config(plan: QuantPlan, packing: str, settings: dict[str, Any]) -> dict[str, Any]:
+    default = _scheme_keys(plan.default)
+    extra: dict[str, dict] = {}
+    for p in plan.layers.values():
+        keys = _scheme_keys(p.scheme)
+        if p.block is None:
+            if p.quantized:
+                extra[p.name] = keys  # layers outside the blocks carry every key
+            continue
+        diff = {k: v for k, v in keys.items() if default.get(k) != v}
+        if diff:
+            extra[p.name] = diff
+    config: dict[str, Any] = {
+        "quant_method": "auto-round",
+        "packing_format": packing,
+        **default,
+        "block_name_to_quantize": plan.blocks_prefix,
+        "provider": "signround",
+    }
+    if extra:
+        config["extra_config"] = extra
+    config.update({k: v for k, v in settings.items() if v is not None})
+    return config
+
+
+@register_writer(Format.AUTO_ROUND)
+def write_auto_round(data: ExportInput, folder: Path) -> None:
+    quantized = data.plan.quantized()
+    packing = GPTQ_PACKING if all(p.scheme.sym for p in quantized) else PLAIN_PACKING
+    offset = 1 if packing == GPTQ_PACKING else 0
+    tensors = float_state_dict(data.model)
+    float_dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+    for p in quantized:
+        tensors.pop(f"{p.name}.weight")
+        for key, t in packed_layer_tensors(data.weights[p.name], offset).items():
+            tensors[f"{p.name}.{key}"] = t
+        if f"{p.name}.bias" in tensors:
+            tensors[f"{p.name}.bias"] = tensors[f"{p.name}.bias"].to(torch.float16)
+    save_tensors(tensors, folder)
+    qconfig = auto_round_quantization_config(data.plan, packing, data.settings)
+    save_model_files(data.model, data.tokenizer, folder, {"quantization_config": qconfig}, dtype=float_dtype)

@@ -1,0 +1,115 @@
+"""The export support matrix: which schemes each format can hold, as data.
+
+One table read by the plan (to fail before calibration), by ``signround list format`` and by the docs.
+A validator returns the first mismatch as "supports X, got Y, at layer Z".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from ..schemes import QuantScheme
+
+__all__ = ["Format", "FormatSpec", "FORMATS", "parse_formats", "check_layer", "format_table"]
+
+
+class Format(str, Enum):
+    """On-disk layouts (never change a value: it reaches files and command lines)."""
+
+    FAKE = "fake"
+    AUTO_ROUND = "auto_round"
+    AUTO_GPTQ = "auto_gptq"
+    AUTO_AWQ = "auto_awq"
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    description: str
+    bits: frozenset[int]
+    sym: frozenset[bool] = frozenset({True, False})
+    group_size_divides_in: bool = False  # the format cannot hold a padded last group
+    fuses_qkv: bool = False  # serving engines fuse q/k/v and gate/up: bits must agree inside a group
+    lm_head: bool = False  # can hold a quantized lm_head
+    out_multiple: int = 1  # output features must be a multiple of this
+
+
+FORMATS: dict[Format, FormatSpec] = {
+    Format.FAKE: FormatSpec(
+        "dequantized float weights, any scheme (for research and evaluation)",
+        bits=frozenset(range(2, 9)),
+        lm_head=True,
+    ),
+    Format.AUTO_ROUND: FormatSpec(
+        "AutoRound checkpoint (quant_method auto-round), GPTQ-style int32 packing; transformers, vLLM, SGLang",
+        bits=frozenset({2, 3, 4, 8}),
+        fuses_qkv=True,
+        lm_head=True,
+    ),
+    Format.AUTO_GPTQ: FormatSpec(
+        "GPTQ v1 checkpoint (quant_method gptq); transformers+optimum+gptqmodel, vLLM",
+        bits=frozenset({2, 3, 4, 8}),
+        fuses_qkv=True,
+        lm_head=True,
+    ),
+    Format.AUTO_AWQ: FormatSpec(
+        "AWQ GEMM checkpoint (quant_method awq); transformers+gptqmodel, vLLM",
+        bits=frozenset({4}),
+        group_size_divides_in=True,
+        fuses_qkv=True,
+        out_multiple=8,
+    ),
+}
+
+
+def parse_formats(spec: "str | list[str] | tuple[str, ...]") -> list[Format]:
+    """``"auto_gptq,auto_round"`` -> [Format.AUTO_GPTQ, Format.AUTO_ROUND], rejecting unknown names."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[Format] = []
+    for raw in names:
+        name = raw.strip().lower()
+        if not name:
+            continue
+        try:
+            fmt = Format(name)
+        except ValueError:
+            known = ", ".join(f.value for f in Format)
+            raise ValueError(f"unknown format {raw.strip()!r}; known formats: {known}") from None
+        if fmt not in out:
+            out.append(fmt)
+    if not out:
+        raise ValueError("no export format given")
+    return out
+
+
+def check_layer(fmt: Format, scheme: QuantScheme, layer: str, shape: tuple[int, int], is_lm_head: bool = False) -> str | None:
+    """The first reason ``fmt`` cannot hold ``layer`` quantized with ``scheme``, or None."""
+    spec = FORMATS[fmt]
+    out_f, in_f = shape
+    if scheme.bits not in spec.bits:
+        return f"format {fmt.value} supports bits {sorted(spec.bits)}, got {scheme.bits} at layer {layer}"
+    if scheme.sym not in spec.sym:
+        want = "sym" if True in spec.sym else "asym"
+        return f"format {fmt.value} supports only {want}, got {'sym' if scheme.sym else 'asym'} at layer {layer}"
+    if spec.group_size_divides_in and scheme.group_size > 0 and in_f % scheme.group_size:
+        return (f"format {fmt.value} needs group_size to divide in_features: in_features {in_f} is not a multiple "
+                f"of group_size {scheme.group_size} at layer {layer}")
+    if out_f % spec.out_multiple:
+        return f"format {fmt.value} needs out_features to be a multiple of {spec.out_multiple}, got {out_f} at layer {layer}"
+    if is_lm_head and not spec.lm_head:
+        return f"format {fmt.value} cannot hold a quantized lm_head ({layer}); drop --quant_lm_head or use auto_round"
+    return None
+
+
+def format_table() -> str:
+    rows = [("format", "bits", "sym/asym", "lm_head", "notes")]
+    for fmt, spec in FORMATS.items():
+        sym = "/".join(s for s, ok in (("sym", True in spec.sym), ("asym", False in spec.sym)) if ok)
+        notes = spec.description
+        if spec.group_size_divides_in:
+            notes += "; group_size must divide in_features"
+        rows.append((fmt.value, ",".join(map(str, sorted(spec.bits))), sym, "yes" if spec.lm_head else "no", notes))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Registry of format writers and the one entry point that writes a quantized model in a format.
+
+A writer is a pure function ``(ExportInput, folder) -> None`` that fills ``folder`` with the
+format's files; the entry point wraps it in an atomic directory and adds the run log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..plan import QuantPlan
+from ..quant.types import QuantizedWeight
+from .formats import Format
+from .io import atomic_output_dir
+
+__all__ = ["ExportInput", "register_writer", "WRITERS", "export_model", "export_dir_name"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportInput:
+    model: torch.nn.Module  # weights of quantized layers already hold their dequantized codes
+    tokenizer: Any
+    plan: QuantPlan
+    weights: dict[str, QuantizedWeight]
+    settings: dict[str, Any] = field(default_factory=dict)  # tuning hyper-parameters, for the config
+    source: str = ""  # the model the user quantized (for `signround eval`)
+    log: dict[str, Any] = field(default_factory=dict)  # per-block and per-layer report
+
+
+Writer = Callable[[ExportInput, Path], None]
+WRITERS: dict[Format, Writer] = {}
+
+
+def register_writer(fmt: Format) -> Callable[[Writer], Writer]:
+    def deco(fn: Writer) -> Writer:
+        if fmt in WRITERS:
+            raise RuntimeError(f"a writer for format {fmt.value} is already registered")
+        WRITERS[fmt] = fn
+        return fn
+
+    return deco
+
+
+def export_dir_name(model_name: str, plan: QuantPlan, fmt: Format) -> str:
+    return f"{model_name}-{plan.default.short_name()}-{fmt.value}"
+
+
+def export_model(data: ExportInput, fmt: Format, target: "str | Path") -> Path:
+    """Write ``data`` in format ``fmt`` to the directory ``target``, atomically."""
+    from . import auto_round, fake  # noqa: F401  (writers register themselves)
+
+    if fmt not in WRITERS:
+        known = ", ".join(f.value for f in WRITERS)
+        raise ValueError(f"no writer for format {fmt.value}; available: {known}")
+    target = Path(target)
+    with atomic_output_dir(target) as tmp:
+        WRITERS[fmt](data, tmp)
+        run = {"format": fmt.value, "source_model": data.source, "settings": data.settings, "plan": data.plan.to_dict()}
+        (tmp / "signround.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
+        if data.log:
+            (tmp / "quant_log.json").write_text(json.dumps(data.log, indent=1, default=str) + "\n")
+    logger.info("wrote %s checkpoint to %s", fmt.value, target)
+    return target

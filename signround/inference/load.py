@@ -1,0 +1,86 @@
+"""``load_quantized``: a runnable transformers model from a signround (or AutoRound) checkpoint on CPU.
+
+The model skeleton is built without allocating its weights, every quantized Linear is replaced by a
+``QuantLinear`` built from the decoded codes, and every other tensor is assigned from the files.
+Any parameter left unassigned is an error naming it: a checkpoint never half-loads into random weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..model.loading import resolve_dtype
+from ..plan import is_linear, linear_shape
+from .checkpoint import CheckpointError, read_checkpoint, read_config
+from .qlinear import QuantLinear
+
+__all__ = ["load_quantized"]
+
+logger = logging.getLogger(__name__)
+
+
+def _config_dtype(config: dict) -> torch.dtype:
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    resolved = resolve_dtype(name)
+    return torch.float32 if resolved == "auto" else resolved
+
+
+def _set_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None, device: str = "cpu",
+                   keep_codes: bool = False) -> torch.nn.Module:
+    """Load an exported directory (auto_round or fake format) as a transformers model in eval mode."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(path)
+    config_dict = read_config(folder)
+    torch_dtype = _config_dtype(config_dict) if dtype in (None, "auto") else resolve_dtype(dtype)
+    if not config_dict.get("quantization_config"):
+        logger.info("%s has no quantization_config: loading it as a float (fake-format) checkpoint", folder)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device).eval()
+
+    config = AutoConfig.from_pretrained(folder)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    widths = {n: linear_shape(m)[1] for n, m in model.named_modules() if is_linear(m)}
+    ckpt = read_checkpoint(folder, widths)
+
+    for name, qw in ckpt.layers.items():
+        if name not in widths:
+            raise CheckpointError(f"{folder}: quantized tensor {name}.qweight matches no linear layer of "
+                                  f"{type(model).__name__}")
+        module = model.get_submodule(name)
+        expected = linear_shape(module)
+        if tuple(qw.shape) != tuple(expected):
+            raise CheckpointError(f"{folder}: {name} decodes to shape {tuple(qw.shape)}, the model expects {expected}")
+        bias = ckpt.tensors.pop(f"{name}.bias", None)
+        if bias is None and getattr(module, "bias", None) is not None:
+            raise CheckpointError(f"{folder}: quantized layer {name} has a bias in the model but no {name}.bias tensor")
+        _set_module(model, name, QuantLinear(qw, bias, torch_dtype, keep_codes=keep_codes))
+
+    expected_keys = set(model.state_dict().keys())
+    unexpected = sorted(set(ckpt.tensors) - expected_keys)
+    if unexpected:
+        raise CheckpointError(f"{folder}: tensors not in the model: {', '.join(unexpected[:8])}"
+                              + (" ..." if len(unexpected) > 8 else ""))
+    tensors = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in ckpt.tensors.items()}
+    model.load_state_dict(tensors, strict=False, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    still_meta += [n for n, b in model.named_buffers() if b is not None and b.is_meta]
+    if still_meta:
+        raise CheckpointError(f"{folder}: no tensor for {', '.join(still_meta[:8])}"
+                              + (" ..." if len(still_meta) > 8 else "") + " (truncated or incomplete checkpoint?)")
+    logger.info("loaded %d quantized layers (torch backend, unpacked once) from %s", len(ckpt.layers), folder)
+    return model.to(device).eval()

@@ -1,0 +1,230 @@
+"""The quantization plan: every Linear of the model resolved to a scheme, or to the reason it stays float.
+
+The plan is a plain value computed before any calibration, printable (``--print_plan``) and
+serialisable. Everything that can be known to fail is checked here: a scheme a format cannot
+hold, a fused group (q/k/v, gate/up) with mixed settings for a format whose engines fuse it,
+a layer_config key that matches nothing (a warning naming it).
+
+layer_config key precedence (AutoRound reference §2.10, STYLE rule 12): an exact layer name wins;
+then the first key that is a plain substring of the name; then the first regex (``re.search``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from .export.formats import FORMATS, Format, check_layer
+from .model.arch import ArchFacts, get_module
+from .schemes import KEEP, QuantScheme, resolve_scheme
+
+__all__ = ["LayerPlan", "QuantPlan", "build_plan", "linear_shape", "is_linear"]
+
+logger = logging.getLogger(__name__)
+
+_REGEX_CHARS = re.compile(r"(\.\*|[\^\$\|\(\)\[\]\?\+\\])")
+SHAPE_MULTIPLE = 32  # integer packing needs whole int32 words along both dimensions
+
+
+def is_linear(module: torch.nn.Module) -> bool:
+    if isinstance(module, torch.nn.Linear):
+        return True
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def linear_shape(module: torch.nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) for nn.Linear and transformers' transposed Conv1D alike."""
+    if isinstance(module, torch.nn.Linear):
+        return module.out_features, module.in_features
+    w = module.weight
+    return w.shape[1], w.shape[0]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    name: str
+    shape: tuple[int, int]  # (out_features, in_features)
+    scheme: QuantScheme
+    reason: str
+    block: int | None  # index of the decoder block holding the layer, None outside blocks
+    conv1d: bool = False
+
+    @property
+    def quantized(self) -> bool:
+        return self.scheme.is_quantized
+
+
+@dataclass
+class QuantPlan:
+    layers: dict[str, LayerPlan]
+    default: QuantScheme
+    blocks_prefix: str
+    n_blocks: int
+    lm_head: str
+    formats: list[Format] = field(default_factory=list)
+
+    def block_layers(self, index: int) -> list[LayerPlan]:
+        return [p for p in self.layers.values() if p.block == index and p.quantized]
+
+    def outside_layers(self) -> list[LayerPlan]:
+        return [p for p in self.layers.values() if p.block is None and p.quantized]
+
+    def quantized(self) -> list[LayerPlan]:
+        return [p for p in self.layers.values() if p.quantized]
+
+    def table(self) -> str:
+        rows = [("layer", "shape", "scheme", "why")]
+        for p in self.layers.values():
+            rows.append((p.name, f"{p.shape[0]}x{p.shape[1]}", p.scheme.short_name() if p.quantized else "float", p.reason))
+        w = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {r[3]}" for r in rows]
+        lines.insert(1, "-" * max(len(x) for x in lines))
+        n_q = len(self.quantized())
+        lines.append(f"{n_q} of {len(self.layers)} linear layers quantized; default scheme {self.default.short_name()}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "default": self.default.to_dict(),
+            "layers": {n: {"shape": list(p.shape), "scheme": p.scheme.to_dict(), "reason": p.reason, "block": p.block}
+                       for n, p in self.layers.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+
+def _pattern_kind(key: str) -> str:
+    return "regex" if _REGEX_CHARS.search(key) else "substring"
+
+
+def _ignore_match(pattern: str, name: str) -> bool:
+    # "layers.1" must not match "layers.10": a trailing digit is followed by a dot.
+    if pattern and pattern[-1].isdigit():
+        return name == pattern or name.endswith(pattern) or (pattern + ".") in (name + ".")
+    return pattern in name
+
+
+def _as_list(value: "str | Iterable[str] | None") -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def _resolve_config(layer_config: Mapping[str, Any] | None, default: QuantScheme) -> list[tuple[str, QuantScheme]]:
+    out = []
+    for key, value in (layer_config or {}).items():
+        try:
+            if isinstance(value, (int,)) and not isinstance(value, bool):
+                scheme = default.replace(bits=value, data_type="int" if value < 16 else "float")
+            else:
+                scheme = resolve_scheme(value, base=default)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"layer_config[{key!r}]: {e}") from e
+        out.append((key, scheme))
+    return out
+
+
+def build_plan(
+    model: torch.nn.Module,
+    arch: ArchFacts,
+    default: QuantScheme,
+    *,
+    layer_config: Mapping[str, Any] | None = None,
+    ignore_layers: "str | Iterable[str] | None" = None,
+    quant_lm_head: bool = False,
+    formats: Iterable[Format] = (),
+) -> QuantPlan:
+    """Resolve every Linear of ``model`` to a LayerPlan; raise ValueError for anything a format cannot hold."""
+    formats = list(formats)
+    blocks = get_module(model, arch.blocks)
+    n_blocks = len(blocks)
+    configs = _resolve_config(layer_config, default)
+    ignores = _as_list(ignore_layers)
+    used_keys: set[str] = set()
+    used_ignores: set[str] = set()
+    tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+    has_experts = any(n.endswith(".experts") or n.endswith("experts") for n, _ in model.named_modules())
+    block_re = re.compile(rf"^{re.escape(arch.blocks)}\.(\d+)\.")
+
+    layers: dict[str, LayerPlan] = {}
+    for name, module in model.named_modules():
+        if not is_linear(module):
+            continue
+        shape = linear_shape(module)
+        m = block_re.match(name)
+        block = int(m.group(1)) if m else None
+        local = name[m.end():] if m else name
+        is_head = name == arch.lm_head
+        scheme, reason = default, "default scheme"
+
+        exact = next(((k, s) for k, s in configs if k == name), None)
+        sub = next(((k, s) for k, s in configs if _pattern_kind(k) == "substring" and k in name), None)
+        rx = next(((k, s) for k, s in configs if _pattern_kind(k) == "regex" and re.search(k, name)), None)
+        chosen = exact or sub or rx
+        if chosen:
+            used_keys.add(chosen[0])
+            scheme, reason = chosen[1], f"layer_config[{chosen[0]!r}]"
+        hit = next((p for p in ignores if _ignore_match(p, name)), None)
+
+        if hit is not None:
+            used_ignores.add(hit)
+            scheme, reason = KEEP, f"ignore_layers {hit!r}"
+        elif block is None and not is_head:
+            if not chosen:
+                scheme, reason = KEEP, "outside the decoder blocks"
+        elif is_head:
+            if tied:
+                if quant_lm_head or chosen:
+                    logger.warning("lm_head stays float: it shares its weight with the input embeddings")
+                scheme, reason = KEEP, "lm_head is tied to the input embeddings"
+            elif not (quant_lm_head or chosen):
+                scheme, reason = KEEP, "lm_head (pass quant_lm_head to quantize it)"
+            elif not chosen:
+                reason = "quant_lm_head"
+        elif has_experts and any(local == r for r in arch.routers):
+            scheme, reason = KEEP, "MoE router"
+        if scheme.is_quantized and (shape[0] % SHAPE_MULTIPLE or shape[1] % SHAPE_MULTIPLE):
+            scheme, reason = KEEP, f"shape {shape[0]}x{shape[1]} is not a multiple of {SHAPE_MULTIPLE}"
+        if not scheme.is_quantized and reason.startswith("layer_config"):
+            reason += " keeps it float"
+        layers[name] = LayerPlan(name, shape, scheme, reason, block, conv1d=not isinstance(module, torch.nn.Linear))
+
+    for key, _ in configs:
+        if key not in used_keys:
+            logger.warning("layer_config key %r matches no linear layer of the model", key)
+    for pattern in ignores:
+        if pattern not in used_ignores:
+            logger.warning("ignore_layers entry %r matches no linear layer of the model", pattern)
+
+    plan = QuantPlan(layers, default, arch.blocks, n_blocks, arch.lm_head, formats)
+    _check_formats(plan, arch, formats)
+    return plan
+
+
+def _check_formats(plan: QuantPlan, arch: ArchFacts, formats: list[Format]) -> None:
+    for fmt in formats:
+        for p in plan.quantized():
+            problem = check_layer(fmt, p.scheme, p.name, p.shape, is_lm_head=p.name == plan.lm_head)
+            if problem:
+                raise ValueError(problem + " (use format 'fake' for any scheme, or change the scheme)")
+        if not FORMATS[fmt].fuses_qkv:
+            continue
+        for b in range(plan.n_blocks):
+            for group in arch.fused_groups:
+                names = [f"{plan.blocks_prefix}.{b}.{g}" for g in group]
+                members = [plan.layers[n] for n in names if n in plan.layers]
+                settings = {(m.scheme.bits, m.scheme.group_size, m.scheme.sym) for m in members}
+                if len(settings) > 1:
+                    detail = ", ".join(f"{m.name}={m.scheme.short_name() if m.quantized else 'float'}" for m in members)
+                    raise ValueError(
+                        f"format {fmt.value}: serving engines fuse {', '.join(group)} into one matrix, so they need "
+                        f"the same bits/group_size/sym; got {detail}. Give them the same layer_config, or use format 'fake'."
+                    )

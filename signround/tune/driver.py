@@ -1,0 +1,208 @@
+"""The block loop: float reference, tune or round each planned Linear, feed the next block.
+
+For block i, in order (AutoRound reference §2.12, with fewer passes):
+1. float pass over all rows on float inputs -> targets (also the next block's float inputs);
+   the importance matrix of every planned Linear is collected by hooks during this same pass;
+2. each planned Linear starts from optimised RTN (or min/max) and, when iters > 0, is tuned by SignRound
+   on the quantized chain's inputs against the float targets;
+3. the block's weights become the dequantized codes, and one pass over the quantized inputs gives
+   the next block's quantized inputs.
+Plain RTN (iters 0, no opt-RTN) needs no data and no forward pass at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..model.arch import ArchFacts, get_module
+from ..model.capture import BlockArgs, capture_block_args, capture_first_block_inputs, run_block
+from ..plan import LayerPlan, QuantPlan
+from ..quant.types import QuantizedWeight
+from .imatrix import ImatrixCollector
+from .layer import LayerState, make_layer_state
+from .signround import BlockReport, SignRoundConfig, tune_block
+
+__all__ = ["RuntimeOptions", "QuantizeResult", "quantize_model", "write_weight"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Where and in what precision the work runs; never changes what the result means."""
+
+    device: str = "cpu"
+    tune_dtype: torch.dtype = torch.float32
+    low_gpu_mem_usage: bool = False  # keep the cached activations on the CPU, move them per batch
+    forward_batch_size: int = 8  # rows per batch for the passes that only run forward
+    show_progress: bool = True
+
+    @property
+    def cache_device(self) -> str:
+        return "cpu" if self.low_gpu_mem_usage else self.device
+
+
+@dataclass
+class QuantizeResult:
+    weights: dict[str, QuantizedWeight] = field(default_factory=dict)
+    blocks: dict[int, dict] = field(default_factory=dict)  # block index -> report fields and seconds
+    layers: dict[str, dict] = field(default_factory=dict)  # layer name -> weight error and scheme
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def write_weight(module: torch.nn.Module, plan: LayerPlan, qw: QuantizedWeight) -> None:
+    """Replace a module's float weight by the dequantized codes (so the in-memory model is the quantized one)."""
+    w = qw.dequantize(torch.float32)
+    if plan.conv1d:
+        w = w.t()
+    module.weight.copy_(w.to(device=module.weight.device, dtype=module.weight.dtype))
+
+
+def _layer_record(plan: LayerPlan, float_w: torch.Tensor, qw: QuantizedWeight) -> dict:
+    w = float_w.detach().float()
+    w = w.t() if plan.conv1d else w
+    err = (qw.dequantize() - w.cpu()).norm() / w.norm().clamp(min=1e-12)
+    return {"block": plan.block, "scheme": plan.scheme.short_name(), "weight_rel_err": round(float(err), 6)}
+
+
+def _quantize_states(states: list[LayerState], modules: dict[str, torch.nn.Module], result: QuantizeResult) -> None:
+    for s in states:
+        qw = s.result()
+        module = modules[s.local_name]
+        result.layers[s.plan.name] = _layer_record(s.plan, module.weight, qw)
+        result.weights[s.plan.name] = qw
+        write_weight(module, s.plan, qw)
+
+
+def _rtn_without_data(model: torch.nn.Module, plan: QuantPlan, result: QuantizeResult, show: bool) -> None:
+    layers = plan.quantized()
+    for p in tqdm(layers, desc="RTN", unit="layer", disable=not show):
+        module = model.get_submodule(p.name)
+        state = make_layer_state(p, p.name, module.weight, optimize=False)
+        _quantize_states([state], {p.name: module}, result)
+
+
+def _split_rows(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed held-out set (1/8 of the rows, at least one) for choosing the best iteration."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    if n < 2:
+        return order, order
+    n_val = max(1, n // 8)
+    return order[n_val:], order[:n_val]
+
+
+def _forward_rows(block, hidden, out, block_args, rows_per_batch, device, imatrix=None, mask=None) -> None:
+    """out[rows] = block(hidden[rows]) for every row, batch by batch (out may be hidden itself)."""
+    for start in range(0, hidden.shape[0], rows_per_batch):
+        sl = slice(start, start + rows_per_batch)
+        if imatrix is not None:
+            imatrix.mask = None if mask is None else mask[sl]
+        y = run_block(block, hidden[sl].to(device), block_args)
+        out[sl] = y.to(out.device, out.dtype)
+
+
+def quantize_model(
+    model: torch.nn.Module,
+    arch: ArchFacts,
+    plan: QuantPlan,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    signround: SignRoundConfig,
+    optimize_rtn: bool = True,
+    runtime: RuntimeOptions = RuntimeOptions(),
+) -> QuantizeResult:
+    """Quantize every planned layer of ``model`` in place; return the codes and a per-block report."""
+    t0 = time.time()
+    result = QuantizeResult()
+    if not plan.quantized():
+        logger.warning("the plan quantizes no layer; nothing to do")
+        return result
+    needs_data = signround.iters > 0 or optimize_rtn
+    if not needs_data:
+        _rtn_without_data(model, plan, result, runtime.show_progress)
+        result.seconds = time.time() - t0
+        return result
+    if input_ids is None:
+        raise ValueError("SignRound and optimised RTN need calibration data (input_ids)")
+
+    device, cache_dev, dtype = runtime.device, runtime.cache_device, runtime.tune_dtype
+    blocks = get_module(model, arch.blocks)
+    block_args = capture_block_args(model, blocks, input_ids[:1])
+    fp = capture_first_block_inputs(model, blocks[0], input_ids, runtime.forward_batch_size, dtype, cache_dev)
+    mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool().to(cache_dev)
+    tuning = signround.iters > 0
+    # The quantized chain's activations, when tuning runs on them.
+    q = fp.clone() if tuning and signround.enable_quanted_input else None
+    train_idx, val_idx = _split_rows(fp.shape[0], signround.seed)
+    rows = runtime.forward_batch_size
+
+    bar = tqdm(range(plan.n_blocks), desc="SignRound" if tuning else "opt-RTN", unit="block",
+               disable=not runtime.show_progress)
+    for i in bar:
+        tb = time.time()
+        block = blocks[i]
+        orig = next(block.parameters())
+        orig_dtype, orig_device = orig.dtype, orig.device
+        block.to(device=device, dtype=dtype)
+        args_i = block_args[i].to(device, dtype)
+        layer_plans = plan.block_layers(i)
+        prefix = f"{plan.blocks_prefix}.{i}."
+        modules = {p.name[len(prefix):]: block.get_submodule(p.name[len(prefix):]) for p in layer_plans}
+
+        collector = ImatrixCollector()
+        targets = fp if not tuning or signround.enable_quanted_input else torch.empty_like(fp)
+        inputs_for_tuning = q if signround.enable_quanted_input else fp
+        with torch.no_grad(), collector.watch(modules if optimize_rtn else {}):
+            _forward_rows(block, fp, targets, args_i, rows, device, collector, mask)
+        states = [
+            make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize_rtn)
+            for local, p in zip(modules, layer_plans)
+        ]
+        report: BlockReport | None = None
+        if tuning and states:
+            block.requires_grad_(False)
+            report = tune_block(block, states, inputs_for_tuning, targets, args_i, mask, train_idx, val_idx,
+                                signround, device)
+        _quantize_states(states, modules, result)
+        if q is not None:
+            with torch.no_grad():
+                _forward_rows(block, q, q, args_i, rows, device)
+        fp = targets
+        block.to(device=orig_device, dtype=orig_dtype)
+        info = {"layers": len(states), "seconds": round(time.time() - tb, 3)}
+        if report is not None:
+            info.update(loss_before=report.loss_before, loss_after=report.loss_after,
+                        best_iter=report.best_iter, iters_run=report.iters_run)
+            bar.set_postfix_str(f"loss {report.loss_before:.3g}->{report.loss_after:.3g} (best it {report.best_iter})")
+            logger.info("block %d/%d: loss %.4g -> %.4g, best iter %d of %d, %.1fs", i + 1, plan.n_blocks,
+                        report.loss_before, report.loss_after, report.best_iter, report.iters_run, info["seconds"])
+        result.blocks[i] = info
+
+    _quantize_outside(model, arch, plan, q if q is not None else fp, mask, optimize_rtn, runtime, result)
+    result.seconds = time.time() - t0
+    return result
+
+
+@torch.no_grad()
+def _quantize_outside(model, arch, plan, hidden, mask, optimize_rtn, runtime, result) -> None:
+    """Layers outside the blocks (lm_head when asked): opt-RTN on the final hidden states' importance."""
+    for p in plan.outside_layers():
+        module = model.get_submodule(p.name)
+        imatrix = None
+        if optimize_rtn and p.name == plan.lm_head and arch.final_norm:
+            norm = get_module(model, arch.final_norm)
+            collector = ImatrixCollector()
+            dtype = next(norm.parameters()).dtype
+            for start in range(0, hidden.shape[0], runtime.forward_batch_size):
+                sl = slice(start, start + runtime.forward_batch_size)
+                collector.mask = None if mask is None else mask[sl]
+                collector.add(p.name, norm(hidden[sl].to(dtype)))
+            imatrix = collector.result(p.name)
+        state = make_layer_state(p, p.name, module.weight, imatrix, optimize=optimize_rtn)
+        _quantize_states([state], {p.name: module}, result)

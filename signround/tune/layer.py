@@ -1,0 +1,116 @@
+"""One Linear being quantized: its frozen grouped weight, the range origin, and the tunable SignRound tensors.
+
+The state lives in this dataclass, never on the ``nn.Module``: the block is run with
+``torch.func.functional_call`` and these fake-quantized weights substituted for its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..plan import LayerPlan
+from ..quant.grouping import from_groups, to_groups
+from ..quant.int import IntGroupQuant, minmax_init, quantize_groups
+from ..quant.search import search_int
+from ..quant.types import QuantizedWeight
+
+__all__ = ["LayerState", "make_layer_state", "V_BOUND", "RANGE_BOUNDS"]
+
+V_BOUND = 0.5  # a rounding offset can flip each weight's rounding at most once
+RANGE_BOUNDS = (0.5, 1.5)  # range multipliers alpha/beta around the initial range
+
+
+@dataclass
+class LayerState:
+    plan: LayerPlan
+    local_name: str  # name inside the block, e.g. "self_attn.q_proj"
+    wg: torch.Tensor  # (n_groups_total, gs) float32, frozen
+    init: IntGroupQuant
+    v: torch.Tensor | None = None  # (n_groups_total, gs)
+    alpha: torch.Tensor | None = None  # (n_groups_total, 1)
+    beta: torch.Tensor | None = None  # (n_groups_total, 1), asym only
+
+    @property
+    def in_features(self) -> int:
+        return self.plan.shape[1]
+
+    def tunables(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(rounding tensors, range tensors) that require grad."""
+        rounding = [self.v] if self.v is not None else []
+        ranges = [t for t in (self.alpha, self.beta) if t is not None]
+        return rounding, ranges
+
+    def enable_tuning(self, minmax: bool) -> None:
+        self.v = torch.zeros_like(self.wg, requires_grad=True)
+        if minmax:
+            n = self.wg.shape[0]
+            self.alpha = torch.ones(n, 1, dtype=self.wg.dtype, device=self.wg.device, requires_grad=True)
+            if not self.init.sym:
+                self.beta = torch.ones(n, 1, dtype=self.wg.dtype, device=self.wg.device, requires_grad=True)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        if self.v is not None:
+            self.v.clamp_(-V_BOUND, V_BOUND)
+        for t in (self.alpha, self.beta):
+            if t is not None:
+                t.clamp_(*RANGE_BOUNDS)
+
+    def snapshot(self) -> list[torch.Tensor | None]:
+        return [None if t is None else t.detach().clone() for t in (self.v, self.alpha, self.beta)]
+
+    @torch.no_grad()
+    def restore(self, snap: list[torch.Tensor | None]) -> None:
+        for t, s in zip((self.v, self.alpha, self.beta), snap):
+            if t is not None and s is not None:
+                t.copy_(s)
+
+    def weight(self) -> torch.Tensor:
+        """The fake-quantized weight in the module's own layout (differentiable in v/alpha/beta)."""
+        w_hat = quantize_groups(self.wg, self.init, self.v, self.alpha, self.beta)[0]
+        w = from_groups(w_hat, self.in_features)  # (out, in)
+        return w.t() if self.plan.conv1d else w
+
+    @torch.no_grad()
+    def result(self) -> QuantizedWeight:
+        _, q, s, z = quantize_groups(self.wg, self.init, self.v, self.alpha, self.beta)
+        out_f, in_f = self.plan.shape
+        codes = from_groups(q, in_f).round().to(torch.uint8)  # (out, in)
+        g = s.shape[0] // out_f
+        return QuantizedWeight(
+            codes=codes.cpu(),
+            scale=s.reshape(out_f, g).float().cpu(),
+            zero=z.reshape(out_f, g).round().to(torch.uint8).cpu(),
+            bits=self.plan.scheme.bits,
+            group_size=self.wg.shape[1],
+            sym=self.plan.scheme.sym,
+        )
+
+
+def make_layer_state(
+    plan: LayerPlan,
+    local_name: str,
+    weight: torch.Tensor,
+    imatrix: torch.Tensor | None = None,
+    optimize: bool = True,
+) -> LayerState:
+    """Group the weight and choose its starting range: opt-RTN search (default) or plain min/max.
+
+    ``weight`` is in the module's layout; ``imatrix`` is (in_features,) mean squared input activation.
+    """
+    w = weight.detach().float()
+    if plan.conv1d:
+        w = w.t()
+    w = w.contiguous()  # (out, in)
+    scheme = plan.scheme
+    wg = to_groups(w, scheme.group_size)  # (out * n_groups, gs)
+    if optimize:
+        imat_groups = None
+        if imatrix is not None:
+            imat_groups = to_groups(imatrix.float().to(w.device).expand_as(w), scheme.group_size)
+        init = search_int(wg, scheme.bits, scheme.sym, imat_groups)
+    else:
+        init = minmax_init(wg, scheme.bits, scheme.sym)
+    return LayerState(plan=plan, local_name=local_name, wg=wg, init=init)

@@ -1,0 +1,187 @@
+"""SignRound: tune each weight's rounding and each group's range by signed gradient descent, block by block.
+
+Paper: Cheng et al., "Optimize Weight Rounding via Signed Gradient Descent for the Quantization of
+LLMs" (arXiv 2309.05516). Loss: MSE between the quantized block on quantized inputs and the float
+block on float inputs. Each step moves every tunable by ``lr * sign(grad)``, lr decaying linearly to 0.
+
+Where this differs from AutoRound (reference §2, §13), on purpose:
+- the best iteration is chosen on a **fixed held-out mini-batch** (not on each step's random batch),
+  and the parameters after the last step are evaluated too;
+- the rounding offset is **bounded** explicitly to [-0.5, 0.5] and the range multipliers to [0.5, 1.5];
+- the masked loss is normalised by the number of valid tokens;
+- the starting point is optimised RTN (an importance-weighted scale search), not min/max;
+- optional early stop when the held-out loss stops improving.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..model.capture import BlockArgs, run_block
+from .layer import LayerState
+
+__all__ = ["SignRoundConfig", "BlockReport", "tune_block", "masked_mse", "IndexSampler"]
+
+
+@dataclass(frozen=True)
+class SignRoundConfig:
+    iters: int = 200
+    lr: float | None = None  # None -> 1 / iters
+    minmax_lr: float | None = None  # None -> lr
+    batch_size: int = 8
+    gradient_accumulate_steps: int = 1
+    enable_minmax_tuning: bool = True
+    enable_quanted_input: bool = True
+    eval_every: int = 0  # 0 -> about 10 checks per block
+    early_stop: int = 0  # stop after this many checks without improvement (0: never)
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.iters < 0:
+            raise ValueError(f"iters must be >= 0, got {self.iters}")
+        if self.batch_size < 1 or self.gradient_accumulate_steps < 1:
+            raise ValueError(
+                f"batch_size and gradient_accumulate_steps must be >= 1, got {self.batch_size}, "
+                f"{self.gradient_accumulate_steps}"
+            )
+        for name in ("lr", "minmax_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+    @property
+    def rounding_lr(self) -> float:
+        return self.lr if self.lr is not None else 1.0 / max(self.iters, 1)
+
+    @property
+    def range_lr(self) -> float:
+        return self.minmax_lr if self.minmax_lr is not None else self.rounding_lr
+
+    @property
+    def check_every(self) -> int:
+        return self.eval_every if self.eval_every > 0 else max(1, math.ceil(self.iters / 10))
+
+
+@dataclass
+class BlockReport:
+    loss_before: float  # held-out loss at the starting point (RTN / optimised RTN)
+    loss_after: float  # held-out loss of the parameters kept
+    best_iter: int  # iteration whose parameters were kept (0 = the starting point)
+    iters_run: int
+
+
+class IndexSampler:
+    """Cyclic shuffled sampling of training rows, seeded, one reshuffle per pass."""
+
+    def __init__(self, indices: torch.Tensor, seed: int) -> None:
+        self.indices = indices
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order = self.indices[torch.randperm(len(self.indices), generator=self.gen)]
+        self.pos = 0
+
+    def take(self, n: int) -> torch.Tensor:
+        n = min(n, len(self.indices))
+        if self.pos + n > len(self.order):
+            self.order = self.indices[torch.randperm(len(self.indices), generator=self.gen)]
+            self.pos = 0
+        out = self.order[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+
+def masked_mse(pred: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over valid tokens only. pred/ref: (B, T, H); mask: (B, T) bool or None."""
+    diff = (pred.float() - ref.float()) ** 2
+    if mask is None:
+        return diff.mean()
+    m = mask.to(diff.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (diff * m).sum() / (m.sum() * diff.shape[-1]).clamp(min=1)
+
+
+def _overrides(states: list[LayerState]) -> dict[str, torch.Tensor]:
+    return {f"{s.local_name}.weight": s.weight() for s in states}
+
+
+def _eval_loss(block, states, inputs, targets, block_args, mask, idx, batch_size, device) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        weights = _overrides(states)
+        for start in range(0, len(idx), batch_size):
+            rows = idx[start:start + batch_size]
+            x = inputs[rows].to(device)
+            out = run_block(block, x, block_args, weights)
+            m = None if mask is None else mask[rows].to(device)
+            n = len(rows) if m is None else float(m.sum())
+            total += float(masked_mse(out, targets[rows].to(device), m)) * n
+            count += n
+    return total / max(count, 1)
+
+
+def tune_block(
+    block: torch.nn.Module,
+    states: list[LayerState],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    block_args: BlockArgs,
+    mask: torch.Tensor | None,
+    train_idx: torch.Tensor,
+    val_idx: torch.Tensor,
+    cfg: SignRoundConfig,
+    device: torch.device | str = "cpu",
+    on_step=None,
+) -> BlockReport:
+    """Tune the states of one block in place and leave them at the best held-out parameters.
+
+    inputs/targets: (N, T, H) cached rows (any device; moved per batch), mask: (N, T) bool or None.
+    """
+    for s in states:
+        s.enable_tuning(cfg.enable_minmax_tuning)
+    rounding = [t for s in states for t in s.tunables()[0]]
+    ranges = [t for s in states for t in s.tunables()[1]]
+    sampler = IndexSampler(train_idx, cfg.seed)
+    bs, gas = cfg.batch_size, cfg.gradient_accumulate_steps
+
+    def evaluate() -> float:
+        return _eval_loss(block, states, inputs, targets, block_args, mask, val_idx, bs, device)
+
+    best = evaluate()
+    report = BlockReport(loss_before=best, loss_after=best, best_iter=0, iters_run=0)
+    best_snap = [s.snapshot() for s in states]
+    stale = 0
+    for it in range(cfg.iters):
+        for _ in range(gas):
+            rows = sampler.take(bs)
+            x = inputs[rows].to(device)
+            m = None if mask is None else mask[rows].to(device)
+            out = run_block(block, x, block_args, _overrides(states))
+            loss = masked_mse(out, targets[rows].to(device), m)
+            loss.backward()
+        decay = 1.0 - it / cfg.iters
+        with torch.no_grad():
+            for group, lr in ((rounding, cfg.rounding_lr), (ranges, cfg.range_lr)):
+                for t in group:
+                    if t.grad is not None:
+                        t.add_(torch.sign(t.grad), alpha=-lr * decay)
+                        t.grad = None
+        for s in states:
+            s.clamp_()
+        report.iters_run = it + 1
+        if on_step is not None:
+            on_step(it + 1)
+        if (it + 1) % cfg.check_every == 0 or it + 1 == cfg.iters:
+            current = evaluate()
+            if current < best:
+                best, stale = current, 0
+                best_snap = [s.snapshot() for s in states]
+                report.best_iter = it + 1
+            else:
+                stale += 1
+                if cfg.early_stop and stale >= cfg.early_stop:
+                    break
+    for s, snap in zip(states, best_snap):
+        s.restore(snap)
+    report.loss_after = best
+    return report

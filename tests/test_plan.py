@@ -1,0 +1,95 @@
+"""The plan: per-layer resolution, skip reasons, layer_config precedence and format checks."""
+
+import logging
+
+import pytest
+
+from signround.export.formats import Format
+from signround.model.arch import arch_facts
+from signround.plan import build_plan
+from signround.schemes import resolve_scheme
+
+
+def _plan(model, **kw):
+    return build_plan(model, arch_facts(model), resolve_scheme(kw.pop("scheme", "W4A16")), **kw)
+
+
+def test_default_plan_quantizes_block_linears_and_keeps_lm_head(tiny):
+    plan = _plan(tiny("llama"))
+    assert len(plan.quantized()) == 14  # 7 linears x 2 blocks
+    assert plan.layers["lm_head"].reason.startswith("lm_head")
+    assert plan.layers["model.layers.1.mlp.down_proj"].block == 1
+    assert "14 of 15 linear layers quantized" in plan.table()
+
+
+def test_quant_lm_head_and_tied_embeddings(tiny):
+    model = tiny("llama")
+    assert _plan(model, quant_lm_head=True).layers["lm_head"].quantized
+    model.config.tie_word_embeddings = True
+    p = _plan(model, quant_lm_head=True).layers["lm_head"]
+    assert not p.quantized and "tied" in p.reason
+
+
+def test_layer_config_precedence_exact_then_substring_then_regex(tiny):
+    plan = _plan(
+        tiny("llama"),
+        layer_config={
+            r"mlp\.(gate|up)_proj": {"bits": 2},  # regex
+            "mlp": "W8A16",  # substring: wins over the regex
+            "model.layers.0.mlp.up_proj": {"bits": 3, "group_size": 32},  # exact: wins over everything
+        },
+    )
+    assert plan.layers["model.layers.0.mlp.up_proj"].scheme.bits == 3
+    assert plan.layers["model.layers.0.mlp.up_proj"].scheme.group_size == 32
+    assert plan.layers["model.layers.1.mlp.gate_proj"].scheme.bits == 8
+    assert plan.layers["model.layers.1.self_attn.q_proj"].scheme.bits == 4
+
+
+def test_unmatched_layer_config_key_warns_with_its_name(tiny, caplog):
+    with caplog.at_level(logging.WARNING):
+        _plan(tiny("llama"), layer_config={"no_such_layer": "W8A16"})
+    assert "no_such_layer" in caplog.text
+
+
+def test_ignore_layers_trailing_digit_does_not_match_longer_numbers(tiny):
+    model = tiny("llama")
+    plan = _plan(model, ignore_layers="layers.1")
+    assert not plan.layers["model.layers.1.mlp.up_proj"].quantized
+    assert plan.layers["model.layers.0.mlp.up_proj"].quantized
+    assert plan.layers["model.layers.1.mlp.up_proj"].reason == "ignore_layers 'layers.1'"
+
+
+def test_shape_rule_skips_layers_with_a_reason(tiny):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=96, intermediate_size=200, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64))
+    plan = _plan(model)
+    p = plan.layers["model.layers.0.mlp.up_proj"]
+    assert not p.quantized and "200x96 is not a multiple of 32" in p.reason
+
+
+def test_format_that_cannot_hold_the_scheme_fails_naming_the_layer(tiny):
+    with pytest.raises(ValueError, match="auto_round supports bits .* got 5 at layer model.layers.0"):
+        _plan(tiny("llama"), scheme="W5A16", formats=[Format.AUTO_ROUND])
+    assert _plan(tiny("llama"), scheme="W5A16", formats=[Format.FAKE]).quantized()
+
+
+def test_mixed_bits_inside_a_fused_group_fail_for_serving_formats(tiny):
+    cfg = {"model.layers.0.self_attn.k_proj": {"bits": 8}}
+    with pytest.raises(ValueError, match="fuse .*q_proj.*k_proj.*v_proj"):
+        _plan(tiny("llama"), layer_config=cfg, formats=[Format.AUTO_ROUND])
+    _plan(tiny("llama"), layer_config=cfg, formats=[Format.FAKE])  # fake does not fuse anything
+
+
+def test_gpt2_conv1d_layers_are_planned_with_out_in_shapes(tiny):
+    plan = _plan(tiny("gpt2"))
+    p = plan.layers["transformer.h.0.attn.c_attn"]
+    assert p.conv1d and p.shape == (384, 128)
+
+
+def test_plan_is_serialisable(tiny):
+    import json
+
+    d = json.loads(_plan(tiny("opt")).to_json())
+    assert d["layers"]["model.decoder.layers.0.fc1"]["scheme"]["bits"] == 4
