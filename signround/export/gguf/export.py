@@ -48,6 +48,8 @@ def export_gguf(
     """
     spec = mix_spec(mix)  # unknown mix: fails here, before any work
     arch_spec(model)  # unknown architecture: idem
+    if mix.strip().lower().removeprefix("gguf:") == "q2_k_s" and not imatrix:
+        logger.warning("q2_k_s without an importance matrix: llama.cpp refuses this mix without one (quality suffers)")
     plan = gguf_plan(model, mix, has_imatrix=bool(imatrix))
     logger.debug("GGUF plan for %s:\n%s", mix, format_plan(plan))
     if disable_opt_rtn:

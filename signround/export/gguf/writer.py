@@ -170,7 +170,7 @@ class GGUFModelWriter:
             t = t + src.add
         if t.dim() < 2:
             t = t if src.row_permutation is None else t[src.row_permutation]
-            return t.numpy().astype(np.float32)
+            return t.cpu().numpy().astype(np.float32)
         q = self.quantized.get(src.hf_name)
         if q is None and not type_facts(qtype).is_float:
             im = self.imatrix.get(_module_name(src.hf_name))
@@ -181,10 +181,10 @@ class GGUFModelWriter:
         if q is not None:
             if src.row_permutation is not None:
                 q = q.select_rows(src.row_permutation)
-            return q.to_bytes().numpy()
+            return q.to_bytes().cpu().numpy()
         if src.row_permutation is not None:
             t = t[src.row_permutation]
-        return encode_tensor(t, qtype).numpy()
+        return encode_tensor(t, qtype).cpu().numpy()
 
     def encode(self) -> "GGUFModelWriter":
         self._expect(WriterState.CHECKED)

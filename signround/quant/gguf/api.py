@@ -101,16 +101,20 @@ class GGUFQuantized:
         assert data.dtype == torch.uint8 and data.shape == (self.params.n_blocks, self.format.facts.type_size)
         return data.reshape(self.shape[0], -1)
 
+    def to(self, device: torch.device | str) -> "GGUFQuantized":
+        return GGUFQuantized(self.qtype, self.shape, self.params.to(device), self.codes.to(device))
+
     def select_rows(self, index: torch.Tensor) -> "GGUFQuantized":
         """The same tensor with its rows reordered (``index`` of length rows), e.g. llama's Q/K permutation."""
         rows, cols = self.shape
         per_row = cols // self.format.facts.block_size
-        blocks = (index[:, None] * per_row + torch.arange(per_row)[None, :]).reshape(-1)  # (rows * per_row,)
+        blocks = (index[:, None] * per_row + torch.arange(per_row, device=index.device)[None, :]).reshape(-1)  # (rows * per_row,)
         p = self.params
 
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[blocks]
 
+        blocks = blocks.to(p.d.device)
         params = BlockParams(p.qtype, p.d[blocks], take(p.m), take(p.scales), take(p.mins))
         return GGUFQuantized(self.qtype, (int(index.numel()), cols), params, self.codes[blocks])
 
@@ -180,8 +184,8 @@ def requantize(w: torch.Tensor, q: GGUFQuantized, v: torch.Tensor | None = None)
     if tuple(w.shape) != q.shape or (v is not None and tuple(v.shape) != q.shape):
         raise ValueError(f"w {tuple(w.shape)} and v {None if v is None else tuple(v.shape)} must match {q.shape}")
     bs = fmt.facts.block_size
-    vb = None if v is None else v.detach().reshape(-1, bs)
-    codes = fmt.round_codes(w.detach().reshape(-1, bs), q.params, vb, fallback=q.codes)
+    vb = None if v is None else v.detach().reshape(-1, bs)  # (n_blocks, block_size)
+    codes = fmt.round_codes(w.detach().reshape(-1, bs), q.params, vb, fallback=q.codes)  # (n_blocks, block_size)
     return GGUFQuantized(q.qtype, q.shape, q.params, codes)
 
 
@@ -191,8 +195,8 @@ def fake_quantize(
     """(rows, cols) dequantized weight as a differentiable function of ``v`` (straight-through rounding)."""
     fmt = _block_format(qtype)
     bs = fmt.facts.block_size
-    out = fmt.fake_quant(w.reshape(-1, bs), params, None if v is None else v.reshape(-1, bs))
-    return out.reshape(w.shape)
+    out = fmt.fake_quant(w.reshape(-1, bs), params, None if v is None else v.reshape(-1, bs))  # (n_blocks, block_size)
+    return out.reshape(w.shape)  # (rows, cols)
 
 
 def dequantize_tensor(q: GGUFQuantized) -> torch.Tensor:

@@ -30,11 +30,11 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """(n, 8 k) of 0/1 -> (n, k) uint8; element ``8 j + b`` goes to bit ``b`` of byte ``j``."""
     n = bits.shape[0]
     b = bits.to(torch.uint8).reshape(n, -1, 8)  # (n, k, 8)
-    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8)
+    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8, device=bits.device)
     return (b * weights).sum(dim=-1, dtype=torch.uint8)
 
 
 def unpack_bits(data: torch.Tensor) -> torch.Tensor:
     """(n, k) uint8 -> (n, 8 k) uint8 of 0/1, the inverse of ``pack_bits``."""
-    shifts = torch.arange(8, dtype=torch.uint8)
+    shifts = torch.arange(8, dtype=torch.uint8, device=data.device)
     return ((data[..., None] >> shifts) & 1).reshape(data.shape[0], -1)  # (n, k, 8) -> (n, 8 k)

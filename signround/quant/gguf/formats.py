@@ -99,11 +99,11 @@ class BlockParams:
             return -self.m[:, None]  # q4_1 / q5_1: d * q + m == d * q - (-m) exactly
         return self.m[:, None] * self.mins.float()
 
-    def slice_blocks(self, start: int, stop: int) -> "BlockParams":
-        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[start:stop]
+    def to(self, device: torch.device | str) -> "BlockParams":
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
 
-        return BlockParams(self.qtype, self.d[start:stop], cut(self.m), cut(self.scales), cut(self.mins))
+        return BlockParams(self.qtype, self.d.to(device), move(self.m), move(self.scales), move(self.mins))
 
 
 def round_ste(t: torch.Tensor, rounding: Rounding = Rounding.HALF_EVEN, zero: int = 0) -> torch.Tensor:

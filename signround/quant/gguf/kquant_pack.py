@@ -49,17 +49,21 @@ KQUANT_LAYOUTS: dict[GGMLType, tuple[tuple[str, int], ...]] = {
     GGMLType.Q6_K: (("ql", 128), ("qh", 64), ("scales", 16), ("d", 2)),
 }
 
-_SHIFT2 = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).reshape(1, 1, 4, 1)
+
+
+def _shifts(t: torch.Tensor, *shape: int) -> torch.Tensor:
+    """The 2-bit field shifts 0, 2, 4, 6 as a uint8 tensor of ``shape`` on ``t``'s device."""
+    return torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=t.device).reshape(*shape)
 
 
 def _pack_crumbs(q: torch.Tensor) -> torch.Tensor:
     """(n, 256) codes -> (n, 64): four 2-bit fields per byte, 32 apart within each 128."""
     q4 = (q & 3).reshape(q.shape[0], 2, 4, 32)  # (n, half, k, l)
-    return (q4 << _SHIFT2).sum(dim=2, dtype=torch.uint8).reshape(q.shape[0], 64)
+    return (q4 << _shifts(q, 1, 1, 4, 1)).sum(dim=2, dtype=torch.uint8).reshape(q.shape[0], 64)
 
 
 def _unpack_crumbs(qs: torch.Tensor) -> torch.Tensor:
-    q = (qs.reshape(qs.shape[0], 2, 1, 32) >> _SHIFT2) & 3  # (n, half, k, l)
+    q = (qs.reshape(qs.shape[0], 2, 1, 32) >> _shifts(qs, 1, 1, 4, 1)) & 3  # (n, half, k, l)
     return q.reshape(qs.shape[0], 256)
 
 
@@ -106,13 +110,13 @@ def _pack_q3_scales(level: torch.Tensor) -> torch.Tensor:
     level = level.to(torch.uint8)
     low = (level[:, :8] & 0xF) | ((level[:, 8:] & 0xF) << 4)
     high = ((level >> 4) & 3).reshape(-1, 4, 4)  # (n, k, i): level[4 k + i] >> 4
-    high = (high << torch.tensor([0, 2, 4, 6], dtype=torch.uint8).reshape(1, 4, 1)).sum(dim=1, dtype=torch.uint8)
+    high = (high << _shifts(level, 1, 4, 1)).sum(dim=1, dtype=torch.uint8)
     return torch.cat([low, high], dim=1)
 
 
 def _unpack_q3_scales(b: torch.Tensor) -> torch.Tensor:
     low = torch.cat([b[:, :8] & 0xF, b[:, :8] >> 4], dim=1)  # (n, 16)
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).reshape(1, 4, 1)
+    shifts = _shifts(b, 1, 4, 1)
     high = ((b[:, 8:12].reshape(-1, 1, 4) >> shifts) & 3).reshape(-1, 16)  # (n, k, i) -> level 4 k + i
     return (low | (high << 4)).to(torch.int16)
 
@@ -122,7 +126,7 @@ def _pack_q6(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q4 = q.reshape(n, 2, 4, 32)  # (n, half, k, l): element 128 half + 32 k + l
     lo = q4 & 0xF
     ql = (lo[:, :, :2] | (lo[:, :, 2:] << 4)).reshape(n, 128)
-    qh = ((q4 >> 4) << _SHIFT2).sum(dim=2, dtype=torch.uint8).reshape(n, 64)
+    qh = ((q4 >> 4) << _shifts(q, 1, 1, 4, 1)).sum(dim=2, dtype=torch.uint8).reshape(n, 64)
     return ql, qh
 
 
@@ -130,7 +134,7 @@ def _unpack_q6(ql: torch.Tensor, qh: torch.Tensor) -> torch.Tensor:
     n = ql.shape[0]
     l2 = ql.reshape(n, 2, 2, 32)  # (n, half, k mod 2, l)
     lo = torch.cat([l2 & 0xF, l2 >> 4], dim=2)  # (n, half, k, l)
-    hi = (qh.reshape(n, 2, 1, 32) >> _SHIFT2) & 3
+    hi = (qh.reshape(n, 2, 1, 32) >> _shifts(qh, 1, 1, 4, 1)) & 3
     return (lo | (hi << 4)).reshape(n, 256)
 
 

@@ -55,8 +55,8 @@ def _block_importance(w: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Te
     """(rows, cols) -> (n_blocks, 256) per-element importance ``qw`` (1 without an imatrix)."""
     rows, cols = w.shape
     if imatrix is None:
-        return torch.ones(rows * cols // QK_K, QK_K)
-    qw = imatrix.float().reshape(1, cols // QK_K, QK_K)  # (1, blocks per row, 256)
+        return torch.ones(rows * cols // QK_K, QK_K, device=w.device)
+    qw = imatrix.to(w.device).float().reshape(1, cols // QK_K, QK_K)  # (1, blocks per row, 256)
     return qw.expand(rows, -1, -1).reshape(-1, QK_K)
 
 
@@ -138,7 +138,7 @@ class _AsymKQuant(_KQuant):
     @classmethod
     def search(cls, w, imatrix, mode):
         f = cls.facts
-        x = w.reshape(-1, QK_K).float()
+        x = w.reshape(-1, QK_K).float()  # (n_blocks, 256)
         xg = cls._groups(x)
         n_blocks = x.shape[0]
         if mode is SearchMode.RTN:
@@ -150,8 +150,8 @@ class _AsymKQuant(_KQuant):
             sigma2 = _sigma2(x, 1.0 if f.qtype is GGMLType.Q2_K else 2.0)
             weight = _block_importance(w, imatrix) * sqrt_f32(sigma2 + x * x)  # (n_blocks, 256)
             scales, mins, codes = make_qkx_quants(cls._groups(x), cls._groups(weight), f.qmax, -0.9, 0.05, 36)
-        scales = scales.reshape(n_blocks, f.n_groups)
-        mins = mins.reshape(n_blocks, f.n_groups)
+        scales = scales.reshape(n_blocks, f.n_groups)  # (n_blocks, G)
+        mins = mins.reshape(n_blocks, f.n_groups)  # (n_blocks, G)
         if mode is SearchMode.IMATRIX:
             sw = _group_sums(weight, f.group_size)
             d, ls = make_qp_quants(scales, cls.qs_max, sw)
@@ -175,7 +175,7 @@ class _SymKQuant(_KQuant):
     @classmethod
     def search(cls, w, imatrix, mode):
         f = cls.facts
-        x = w.reshape(-1, QK_K).float()
+        x = w.reshape(-1, QK_K).float()  # (n_blocks, 256)
         xg = cls._groups(x)
         n_blocks, nmax = x.shape[0], f.zero
         if mode is SearchMode.RTN:
@@ -187,7 +187,7 @@ class _SymKQuant(_KQuant):
         else:
             weight = _block_importance(w, imatrix) * sqrt_f32(_sigma2(x, 2.0) + x * x)
             scales, codes = make_qx_quants(xg, nmax, cls._groups(weight))
-        scales = scales.reshape(n_blocks, f.n_groups)
+        scales = scales.reshape(n_blocks, f.n_groups)  # (n_blocks, G)
         if mode is SearchMode.IMATRIX and f.qtype is GGMLType.Q3_K:
             d, levels = make_qx_quants(scales, -cls.qs_lo, _group_sums(weight, f.group_size))
             params = BlockParams(f.qtype, to_fp16_value(d), scales=(levels + cls.qs_lo).to(torch.int16))

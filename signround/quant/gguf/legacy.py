@@ -41,9 +41,9 @@ def _row_importance(w: torch.Tensor, imatrix: torch.Tensor | None) -> torch.Tens
     """(rows, cols) -> (n_blocks, 32): ggml's ``qw[j] * sqrtf(sigma2 + x[j]^2)``, sigma2 per row."""
     rows, cols = w.shape
     sigma2 = seq_sum((w * w).t().contiguous()) / float(cols)  # (rows,)
-    qw = torch.ones(cols) if imatrix is None else imatrix.float()
+    qw = torch.ones(cols, device=w.device) if imatrix is None else imatrix.to(w.device).float()
     weight = qw[None, :] * sqrt_f32(sigma2[:, None] + w * w)  # (rows, cols)
-    return weight.reshape(-1, QK)
+    return weight.reshape(-1, QK)  # (n_blocks, 32)
 
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,7 @@ class _SymLegacy(BlockFormat):
 
     @classmethod
     def search(cls, w, imatrix, mode):
-        x = w.reshape(-1, QK).float()
+        x = w.reshape(-1, QK).float()  # (n_blocks, 32)
         zero = cls.facts.zero
         if mode is SearchMode.IMATRIX:
             scale, codes = make_qx_quants(x, zero, _row_importance(w.float(), imatrix))
@@ -89,7 +89,7 @@ class _AsymLegacy(BlockFormat):
 
     @classmethod
     def search(cls, w, imatrix, mode):
-        x = w.reshape(-1, QK).float()
+        x = w.reshape(-1, QK).float()  # (n_blocks, 32)
         qmax = cls.facts.qmax
         if mode is SearchMode.IMATRIX:
             scale, the_min, codes = make_qkx_quants(x, _row_importance(w.float(), imatrix), qmax, -0.9, 0.05, 36)
@@ -172,7 +172,7 @@ class Q8_0(
 
     @classmethod
     def search(cls, w, imatrix, mode):
-        x = w.reshape(-1, QK).float()
+        x = w.reshape(-1, QK).float()  # (n_blocks, 32)
         d = x.abs().amax(dim=1) / 127.0
         t = x * _inverse(d)[:, None]
         a = t.abs()
