@@ -178,7 +178,9 @@ def tiny_arch_model(arch: str, hidden: int = 256, seed: int = 0) -> torch.nn.Mod
         "mistral": lambda: transformers.MistralConfig(**base, tie_word_embeddings=False),
         "qwen2": lambda: transformers.Qwen2Config(**base, tie_word_embeddings=True),
         "qwen3": lambda: transformers.Qwen3Config(**base, head_dim=96, tie_word_embeddings=False),
-        "gemma3_text": lambda: transformers.Gemma3TextConfig(**base, head_dim=64, query_pre_attn_scalar=64, sliding_window=64),
+        "gemma3_text": lambda: transformers.Gemma3TextConfig(
+            **base, head_dim=64, query_pre_attn_scalar=64, sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"]),
     }
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(configs[arch](), dtype=torch.float32).eval()

@@ -100,7 +100,9 @@ def test_gemma_norms_are_stored_plus_one(tmp_path, tok):
     stored = read_gguf_tensors(path)
     w = model.model.layers[0].input_layernorm.weight.detach()
     assert np.array_equal(stored["blk.0.attn_norm.weight"][2], (w + 1.0).numpy())
-    assert _fields(path)["gemma3.attention.sliding_window"] == 64
+    f = _fields(path)
+    assert f["gemma3.attention.sliding_window"] == 8
+    assert f["gemma3.attention.sliding_window_pattern"] == [True, False]
 
 
 def test_supplied_quantized_tensors_are_written_as_given(tmp_path, tok):

@@ -98,6 +98,9 @@ def _gemma3_hparams(config: Any, w: gguf.GGUFWriter) -> None:
         raise ValueError("gemma3: attn_logit_softcapping is set, but llama.cpp's gemma3 has no attention soft-capping")
     if getattr(config, "sliding_window", None):
         w.add_sliding_window(int(config.sliding_window))
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types:  # per-layer pattern (llama.cpp otherwise assumes every 6th layer is global)
+            w.add_sliding_window_pattern([t == "sliding_attention" for t in layer_types])
     swa = _rope_params(config, "sliding_attention")
     if swa.get("rope_theta") is not None:
         w.add_rope_freq_base_swa(float(swa["rope_theta"]))
