@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from gguf_testlib import QUANT, test_weights
 from signround.quant.gguf import GGMLType, SearchMode, decode_tensor, encode_tensor, quantize_tensor, unpack_tensor
+
+from .gguf_testlib import QUANT, test_weights
 
 SCALE_RANGE = {"Q2_K": (0, 15), "Q3_K": (-32, 31), "Q4_K": (0, 63), "Q5_K": (0, 63), "Q6_K": (-128, 127)}
 

@@ -9,8 +9,9 @@ import gguf
 import pytest
 import torch
 
-from gguf_testlib import KQUANTS, LEGACY, assert_blocks_equal, ggml_quantize, real_weight, test_weights
 from signround.quant.gguf import GGMLType, quantize_tensor
+
+from .gguf_testlib import KQUANTS, LEGACY, assert_blocks_equal, ggml_quantize, real_weight, test_weights
 
 
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from gguf_testlib import KQUANTS, QUANT, test_weights
 from signround.quant.gguf import SearchMode, fake_quantize, quantize_tensor, requantize
+
+from .gguf_testlib import KQUANTS, QUANT, test_weights
 
 
 @pytest.mark.parametrize("name", KQUANTS)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from gguf_testlib import tiny_arch_model, tiny_spm_tokenizer, tiny_tokenizer
 from signround.export.gguf import (
     GGUFModelWriter,
     export_gguf,
@@ -21,6 +20,8 @@ from signround.export.gguf import (
 from signround.export.gguf.arch import qk_row_permutation
 from signround.quant.gguf import GGMLType, quantize_tensor, requantize
 from signround.testing import tiny_model
+
+from .gguf_testlib import tiny_arch_model, tiny_spm_tokenizer, tiny_tokenizer
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"]
 
