@@ -17,7 +17,7 @@ Layers whose scheme differs from the global one are listed in ``extra_config``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -28,7 +28,7 @@ from .io import float_state_dict, save_model_files, save_tensors
 from .packing import pack_bits
 from .registry import ExportInput, register_writer
 
-__all__ = ["packed_layer_tensors", "auto_round_quantization_config", "GPTQ_PACKING", "PLAIN_PACKING"]
+__all__ = ["packed_layer_tensors", "packed_state_dict", "write_packed_checkpoint", "auto_round_quantization_config", "GPTQ_PACKING", "PLAIN_PACKING"]
 
 GPTQ_PACKING = "auto_round:auto_gptq"
 PLAIN_PACKING = "auto_round"
@@ -42,6 +42,34 @@ def packed_layer_tensors(qw: QuantizedWeight, zero_offset: int) -> dict[str, tor
     qzeros = pack_bits(zeros, qw.bits, dim=1)  # (G, N*bits/32)
     scales = qw.scale.t().contiguous().to(torch.float16)  # (G, N)
     return {"qweight": qweight, "qzeros": qzeros, "scales": scales}
+
+
+def packed_state_dict(tensors: dict[str, torch.Tensor], weights: dict[str, QuantizedWeight],
+                      layer_tensors: Callable[[QuantizedWeight], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``tensors`` with each quantized layer's ``.weight`` replaced by its packed tensors and its bias in fp16."""
+    out = dict(tensors)
+    for name, qw in weights.items():
+        out.pop(f"{name}.weight", None)
+        for key, t in layer_tensors(qw).items():
+            out[f"{name}.{key}"] = t
+        if f"{name}.bias" in out:
+            out[f"{name}.bias"] = out[f"{name}.bias"].to(torch.float16)
+    return out
+
+
+def write_packed_checkpoint(data: ExportInput, folder: Path, layer_tensors: Callable[[QuantizedWeight], dict[str, torch.Tensor]],
+                            quantization_config: dict[str, Any],
+                            weights: dict[str, QuantizedWeight] | None = None) -> None:
+    """Safetensors with every quantized layer packed by ``layer_tensors``, plus config.json and the tokenizer.
+
+    Float tensors keep the model's dtype; ``weights`` defaults to the codes of every layer the plan quantizes.
+    """
+    if weights is None:
+        weights = {p.name: data.weights[p.name] for p in data.plan.quantized()}
+    tensors = float_state_dict(data.model)
+    float_dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+    save_tensors(packed_state_dict(tensors, weights, layer_tensors), folder)
+    save_model_files(data.model, data.tokenizer, folder, {"quantization_config": quantization_config}, dtype=float_dtype)
 
 
 def _scheme_keys(scheme) -> dict[str, Any]:
@@ -78,17 +106,7 @@ def auto_round_quantization_config(plan: QuantPlan, packing: str, settings: dict
 
 @register_writer(Format.AUTO_ROUND)
 def write_auto_round(data: ExportInput, folder: Path) -> None:
-    quantized = data.plan.quantized()
-    packing = GPTQ_PACKING if all(p.scheme.sym for p in quantized) else PLAIN_PACKING
+    packing = GPTQ_PACKING if all(p.scheme.sym for p in data.plan.quantized()) else PLAIN_PACKING
     offset = 1 if packing == GPTQ_PACKING else 0
-    tensors = float_state_dict(data.model)
-    float_dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
-    for p in quantized:
-        tensors.pop(f"{p.name}.weight")
-        for key, t in packed_layer_tensors(data.weights[p.name], offset).items():
-            tensors[f"{p.name}.{key}"] = t
-        if f"{p.name}.bias" in tensors:
-            tensors[f"{p.name}.bias"] = tensors[f"{p.name}.bias"].to(torch.float16)
-    save_tensors(tensors, folder)
     qconfig = auto_round_quantization_config(data.plan, packing, data.settings)
-    save_model_files(data.model, data.tokenizer, folder, {"quantization_config": qconfig}, dtype=float_dtype)
+    write_packed_checkpoint(data, folder, lambda qw: packed_layer_tensors(qw, offset), qconfig)

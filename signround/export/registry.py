@@ -55,7 +55,7 @@ def export_dir_name(model_name: str, plan: QuantPlan, fmt: Format) -> str:
 
 def export_model(data: ExportInput, fmt: Format, target: "str | Path") -> Path:
     """Write ``data`` in format ``fmt`` to the directory ``target``, atomically."""
-    from . import auto_round, fake  # noqa: F401  (writers register themselves)
+    from . import auto_awq, auto_gptq, auto_round, fake  # noqa: F401  (writers register themselves)
 
     if fmt not in WRITERS:
         known = ", ".join(f.value for f in WRITERS)

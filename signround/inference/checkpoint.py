@@ -1,5 +1,14 @@
 """Read a quantized checkpoint directory into per-layer QuantizedWeights plus the float tensors.
 
+Three kinds of ``quantization_config`` are understood, each mapped to a tensor layout (``layouts.py``)
+and a per-layer scheme resolver:
+
+| quant_method | layout from | per-layer overrides |
+|---|---|---|
+| ``auto-round`` | ``packing_format`` (``auto_round:auto_gptq``, ``auto_round``, ``auto_round:auto_awq``...) | ``extra_config``: exact names, then regex (``re.search``) |
+| ``gptq`` | ``checkpoint_format`` (``gptq`` = v1 ``zero - 1``, ``gptq_v2`` = raw zeros) | GPTQModel ``dynamic``: first ``re.match`` in order; ``-:`` = float |
+| ``awq`` | ``version`` (``gemm`` only) | ``modules_to_not_convert`` (substrings) = float |
+
 Strict by design: a tensor with the wrong shape, a quantized layer with a missing tensor or a
 ``quant_method``/``packing_format`` we do not know is an error naming the file and the tensor,
 never a silent fallback to random weights.
@@ -8,36 +17,41 @@ never a silent fallback to random weights.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
 
-from ..export.packing import unpack_bits
-from ..quant.grouping import num_groups
 from ..quant.types import QuantizedWeight
+from .layouts import CheckpointError, LayerSpec, Layout, decode_layer
 
-__all__ = ["LayerSpec", "QuantizedCheckpoint", "read_checkpoint", "read_config", "CheckpointError"]
+__all__ = ["LayerSpec", "QuantizedCheckpoint", "QuantConfigView", "read_checkpoint", "read_config",
+           "parse_quant_config", "CheckpointError", "AUTO_ROUND_PACKINGS", "QUANT_METHODS"]
 
-PACKINGS = {  # packing_format -> offset added to stored zero points
-    "auto_round:auto_gptq": 1,
-    "auto_round:gptq": 1,
-    "auto_round": 0,
-    "auto_round:gptqmodel": 0,
+AUTO_ROUND_PACKINGS: dict[str, Layout] = {  # auto-round packing_format -> tensor layout
+    "auto_round:auto_gptq": Layout.GPTQ,
+    "auto_round:gptq": Layout.GPTQ,
+    "auto_round": Layout.GPTQ_RAW_ZERO,
+    "auto_round:gptqmodel": Layout.GPTQ_RAW_ZERO,
+    "auto_round:auto_awq": Layout.AWQ_GEMM,
 }
+GPTQ_CHECKPOINT_FORMATS: dict[str, Layout] = {"gptq": Layout.GPTQ, "gptq_v2": Layout.GPTQ_RAW_ZERO}
+AWQ_VERSIONS: dict[str, Layout] = {"gemm": Layout.AWQ_GEMM}
 
-
-class CheckpointError(ValueError):
-    pass
+Resolver = Callable[[list[str]], "dict[str, LayerSpec | None]"]
 
 
 @dataclass(frozen=True)
-class LayerSpec:
-    bits: int
-    group_size: int
-    sym: bool
+class QuantConfigView:
+    """A ``quantization_config`` reduced to what decoding needs: the layout and each layer's scheme."""
+
+    method: str  # auto-round, gptq or awq
+    layout: Layout
+    default: LayerSpec
+    resolve: Resolver  # layer names -> their spec (None: kept in float)
 
 
 @dataclass
@@ -47,6 +61,8 @@ class QuantizedCheckpoint:
     quant_config: dict[str, Any]
     layers: dict[str, QuantizedWeight]
     tensors: dict[str, torch.Tensor]  # every other tensor (float weights, biases, norms)
+    layout: Layout
+    method: str
 
 
 def read_config(folder: "str | Path") -> dict[str, Any]:
@@ -88,91 +104,120 @@ def _load_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     return tensors, where
 
 
-def _layer_specs(qc: dict[str, Any], names: list[str]) -> dict[str, LayerSpec | None]:
-    """Per-layer bits/group_size/sym: exact extra_config names first, then regex keys, then the global config."""
-    import re
+def _choice(table: dict[str, Layout], value: str, key: str, where: Path) -> Layout:
+    if value not in table:
+        raise CheckpointError(f"{where}: {key} {value!r} is not supported (supported: {', '.join(table)})")
+    return table[value]
 
-    default = LayerSpec(int(qc.get("bits", 4)), int(qc.get("group_size", 128)), bool(qc.get("sym", True)))
+
+def _int(qc: dict[str, Any], keys: tuple[str, ...], default: int, where: Path) -> int:
+    for k in keys:
+        if k in qc and qc[k] is not None:
+            try:
+                return int(qc[k])
+            except (TypeError, ValueError):
+                raise CheckpointError(f"{where}: quantization_config {k}={qc[k]!r} is not an integer") from None
+    return default
+
+
+def _override(default: LayerSpec, entry: dict[str, Any]) -> LayerSpec | None:
+    bits = int(entry.get("bits", default.bits))
+    if bits >= 16:
+        return None
+    return LayerSpec(bits, int(entry.get("group_size", default.group_size)), bool(entry.get("sym", default.sym)))
+
+
+def _auto_round(qc: dict[str, Any], where: Path) -> QuantConfigView:
+    layout = _choice(AUTO_ROUND_PACKINGS, qc.get("packing_format", "auto_round:auto_gptq"), "packing_format", where)
+    if qc.get("data_type", "int") != "int":
+        raise CheckpointError(f"{where}: data_type {qc.get('data_type')!r} is not supported (int only)")
+    default = LayerSpec(_int(qc, ("bits",), 4, where), _int(qc, ("group_size",), 128, where), bool(qc.get("sym", True)))
     extra = qc.get("extra_config") or {}
-    out: dict[str, LayerSpec | None] = {}
-    for name in names:
-        entry = extra.get(name)
-        if entry is None:
-            entry = next((v for k, v in extra.items() if k not in names and re.search(k, name)), None)
-        if entry is None:
-            out[name] = default
-            continue
-        bits = int(entry.get("bits", default.bits))
-        if bits >= 16:
-            out[name] = None
-            continue
-        out[name] = LayerSpec(bits, int(entry.get("group_size", default.group_size)), bool(entry.get("sym", default.sym)))
-    return out
+
+    def resolve(names: list[str]) -> dict[str, LayerSpec | None]:
+        out: dict[str, LayerSpec | None] = {}
+        for name in names:  # an exact name first, then the first regex key (keys naming other layers are not regexes)
+            entry = extra.get(name)
+            if entry is None:
+                entry = next((v for k, v in extra.items() if k not in names and re.search(k, name)), None)
+            out[name] = default if entry is None else _override(default, entry)
+        return out
+
+    return QuantConfigView("auto-round", layout, default, resolve)
 
 
-def _decode_layer(name: str, t: dict[str, torch.Tensor], where: dict[str, str], spec: LayerSpec,
-                  zero_offset: int, in_features: int | None) -> QuantizedWeight:
-    qweight, qzeros, scales = t[f"{name}.qweight"], t[f"{name}.qzeros"], t[f"{name}.scales"]
-    n_groups, out_f = scales.shape
-    rows = qweight.shape[0] * 32 // spec.bits
-    if qweight.shape[1] != out_f:
-        raise CheckpointError(f"{where[name + '.qweight']}: {name}.qweight has {qweight.shape[1]} columns, "
-                              f"but {name}.scales says out_features={out_f}")
-    # qweight may hold padded rows (a last group filled with zeros); the model's in_features says where to cut.
-    in_f = in_features if in_features is not None else (rows if spec.group_size <= 0 else min(rows, n_groups * spec.group_size))
-    if in_f > rows:
-        raise CheckpointError(f"{where[name + '.qweight']}: {name}.qweight holds {rows} input rows, "
-                              f"the model expects {in_f}")
-    if spec.group_size > 0 and num_groups(spec.group_size, in_f) != n_groups:
-        raise CheckpointError(f"{where[name + '.scales']}: {name}.scales has {n_groups} groups, but qweight holds "
-                              f"{rows} input rows at group_size {spec.group_size}")
-    expected_z = (n_groups, out_f * spec.bits // 32)
-    if tuple(qzeros.shape) != expected_z:
-        raise CheckpointError(f"{where[name + '.qzeros']}: {name}.qzeros has shape {tuple(qzeros.shape)}, "
-                              f"expected {expected_z} for {spec.bits}-bit zeros of {out_f} outputs")
-    gidx = t.get(f"{name}.g_idx")
-    if gidx is not None and spec.group_size > 0:
-        trivial = torch.arange(gidx.numel()) // spec.group_size
-        if not torch.equal(gidx.to(torch.int64).cpu(), trivial):
-            raise CheckpointError(f"{name}.g_idx is not the trivial i // group_size (act-order checkpoints are not supported)")
-    codes = unpack_bits(qweight, spec.bits, dim=0, length=in_f).t().contiguous()  # (out, in)
-    zeros = unpack_bits(qzeros, spec.bits, dim=1, length=out_f).t().to(torch.int16) + zero_offset  # (out, G)
-    gs = in_f if spec.group_size <= 0 else spec.group_size
-    return QuantizedWeight(codes=codes, scale=scales.t().float().contiguous(), zero=zeros.clamp(0, 255).to(torch.uint8),
-                           bits=spec.bits, group_size=gs, sym=spec.sym)
+def _gptq(qc: dict[str, Any], where: Path) -> QuantConfigView:
+    layout = _choice(GPTQ_CHECKPOINT_FORMATS, qc.get("checkpoint_format") or qc.get("format") or "gptq",
+                     "checkpoint_format", where)
+    default = LayerSpec(_int(qc, ("bits",), 4, where), _int(qc, ("group_size",), 128, where), bool(qc.get("sym", True)))
+    rules = []
+    for key, entry in (qc.get("dynamic") or {}).items():
+        negative = key.startswith("-:")
+        pattern = key[2:] if key[:2] in ("-:", "+:") else key
+        try:
+            rules.append((re.compile(pattern), None if negative else _override(default, entry or {})))
+        except re.error as e:
+            raise CheckpointError(f"{where}: dynamic key {key!r} is not a valid regex: {e}") from None
+
+    def resolve(names: list[str]) -> dict[str, LayerSpec | None]:
+        return {n: next((spec for rx, spec in rules if rx.match(n)), default) for n in names}
+
+    return QuantConfigView("gptq", layout, default, resolve)
+
+
+def _awq(qc: dict[str, Any], where: Path) -> QuantConfigView:
+    layout = _choice(AWQ_VERSIONS, str(qc.get("version", "gemm")).lower(), "AWQ version", where)
+    bits = _int(qc, ("bits", "w_bit"), 4, where)
+    if bits != 4:
+        raise CheckpointError(f"{where}: AWQ bits {bits} is not supported (the GEMM layout holds 4-bit weights)")
+    default = LayerSpec(4, _int(qc, ("group_size", "q_group_size"), 128, where), not qc.get("zero_point", True))
+    skip = [m for m in (qc.get("modules_to_not_convert") or []) if m]
+
+    def resolve(names: list[str]) -> dict[str, LayerSpec | None]:
+        return {n: None if any(m in n for m in skip) else default for n in names}
+
+    return QuantConfigView("awq", layout, default, resolve)
+
+
+QUANT_METHODS: dict[str, Callable[[dict[str, Any], Path], QuantConfigView]] = {
+    "auto-round": _auto_round,
+    "intel/auto-round": _auto_round,
+    "gptq": _gptq,
+    "awq": _awq,
+}
+
+
+def parse_quant_config(config: dict[str, Any], folder: Path) -> QuantConfigView:
+    """The layout and per-layer schemes of a config.json's ``quantization_config``, or a CheckpointError."""
+    where = folder / "config.json"
+    qc = config.get("quantization_config")
+    if not qc:
+        raise CheckpointError(f"{where} has no quantization_config: not a quantized checkpoint")
+    method = str(qc.get("quant_method", "")).lower()
+    if method not in QUANT_METHODS:
+        raise CheckpointError(f"{where}: quant_method {qc.get('quant_method')!r} is not supported "
+                              f"(supported: {', '.join(QUANT_METHODS)})")
+    return QUANT_METHODS[method](qc, where)
 
 
 def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = None) -> QuantizedCheckpoint:
     """Decode every packed layer; ``in_features`` (layer -> width, from the model) resolves padded rows."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {folder}")
     config = read_config(folder)
-    qc = config.get("quantization_config")
-    if not qc:
-        raise CheckpointError(f"{folder / 'config.json'} has no quantization_config: not a quantized checkpoint")
-    method = qc.get("quant_method")
-    if method != "auto-round":
-        raise CheckpointError(f"{folder / 'config.json'}: quant_method {method!r} is not supported (supported: auto-round)")
-    packing = qc.get("packing_format", "auto_round:auto_gptq")
-    if packing not in PACKINGS:
-        raise CheckpointError(f"{folder / 'config.json'}: packing_format {packing!r} is not supported "
-                              f"(supported: {', '.join(PACKINGS)})")
-    if qc.get("data_type", "int") != "int":
-        raise CheckpointError(f"{folder / 'config.json'}: data_type {qc.get('data_type')!r} is not supported (int only)")
+    view = parse_quant_config(config, folder)
     tensors, where = _load_tensors(folder)
     names = sorted({k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")})
-    specs = _layer_specs(qc, names)
+    orphans = sorted(k for k in tensors if k.endswith((".qzeros", ".scales")) and k.rsplit(".", 1)[0] not in names)
+    if orphans:
+        raise CheckpointError(f"{where[orphans[0]]}: {orphans[0]} has no matching .qweight (truncated checkpoint?)")
+    specs = view.resolve(names)
     layers = {}
     for name in names:
         spec = specs[name]
         if spec is None:
-            raise CheckpointError(f"{where[name + '.qweight']}: {name} has packed weights but extra_config says 16 bits")
-        missing = [f"{name}.{k}" for k in ("qzeros", "scales") if f"{name}.{k}" not in tensors]
-        if missing:
-            raise CheckpointError(f"{where[name + '.qweight']}: quantized layer {name} lacks {', '.join(missing)}")
-        width = (in_features or {}).get(name)
-        layers[name] = _decode_layer(name, tensors, where, spec, PACKINGS[packing], width)
+            raise CheckpointError(f"{where[name + '.qweight']}: {name} has packed weights, but the {view.method} "
+                                  f"quantization_config says it stays in float")
+        layers[name] = decode_layer(view.layout, name, tensors, where, spec, (in_features or {}).get(name))
         for k in ("qweight", "qzeros", "scales", "g_idx"):
             tensors.pop(f"{name}.{k}", None)
-    return QuantizedCheckpoint(folder, config, qc, layers, tensors)
+    return QuantizedCheckpoint(folder, config, config["quantization_config"], layers, tensors, view.layout, view.method)

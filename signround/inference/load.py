@@ -1,8 +1,9 @@
-"""``load_quantized``: a runnable transformers model from a signround (or AutoRound) checkpoint on CPU.
+"""``load_quantized``: a runnable transformers model from an auto_round, GPTQ or AWQ checkpoint.
 
-The model skeleton is built without allocating its weights, every quantized Linear is replaced by a
-``QuantLinear`` built from the decoded codes, and every other tensor is assigned from the files.
-Any parameter left unassigned is an error naming it: a checkpoint never half-loads into random weights.
+The model skeleton is built without allocating its weights, every quantized Linear is replaced by the
+module of the backend selected for it (``backends.py``; one log line per group of like layers says
+which and why), and every other tensor is assigned from the files. Any parameter left unassigned is
+an error naming it: a checkpoint never half-loads into random weights.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import torch
 
 from ..model.loading import resolve_dtype
 from ..plan import is_linear, linear_shape
+from .backends import BACKENDS, backend_names, select_backend
 from .checkpoint import CheckpointError, read_checkpoint, read_config
-from .qlinear import QuantLinear
 
-__all__ = ["load_quantized"]
+__all__ = ["load_quantized", "model_skeleton"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +35,30 @@ def _set_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None
     setattr(parent, child, new)
 
 
-def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None, device: str = "cpu",
-                   keep_codes: bool = False) -> torch.nn.Module:
-    """Load an exported directory (auto_round or fake format) as a transformers model in eval mode."""
+def model_skeleton(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, dict[str, int]]:
+    """The checkpoint's architecture with weights on the meta device, and each Linear's in_features."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    config = AutoConfig.from_pretrained(folder)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model, {n: linear_shape(m)[1] for n, m in model.named_modules() if is_linear(m)}
+
+
+def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None, device: str = "cpu",
+                   keep_codes: bool = False, backend: str | None = None) -> torch.nn.Module:
+    """Load an exported directory (auto_round, auto_gptq, auto_awq or fake) as a transformers model in eval mode.
+
+    ``backend`` forces the inference backend of every quantized layer (see ``backends.BACKENDS``);
+    by default each layer gets the highest-priority installed backend that can run it.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(backend_names())}")
     folder = Path(path)
     config_dict = read_config(folder)
     torch_dtype = _config_dtype(config_dict) if dtype in (None, "auto") else resolve_dtype(dtype)
@@ -47,14 +66,9 @@ def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None,
         logger.info("%s has no quantization_config: loading it as a float (fake-format) checkpoint", folder)
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device).eval()
 
-    config = AutoConfig.from_pretrained(folder)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-    widths = {n: linear_shape(m)[1] for n, m in model.named_modules() if is_linear(m)}
+    model, widths = model_skeleton(folder, torch_dtype)
     ckpt = read_checkpoint(folder, widths)
-
+    groups: dict[tuple, list[str]] = {}
     for name, qw in ckpt.layers.items():
         if name not in widths:
             raise CheckpointError(f"{folder}: quantized tensor {name}.qweight matches no linear layer of "
@@ -66,7 +80,12 @@ def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None,
         bias = ckpt.tensors.pop(f"{name}.bias", None)
         if bias is None and getattr(module, "bias", None) is not None:
             raise CheckpointError(f"{folder}: quantized layer {name} has a bias in the model but no {name}.bias tensor")
-        _set_module(model, name, QuantLinear(qw, bias, torch_dtype, keep_codes=keep_codes))
+        chosen, why = select_backend(ckpt.layout, qw, device, backend)
+        _set_module(model, name, chosen.build(qw, bias, torch_dtype, keep_codes))
+        groups.setdefault((chosen.name, qw.bits, qw.group_size, qw.sym, why), []).append(name)
+    for (name, bits, gs, sym, why), layers in groups.items():
+        logger.info("backend %s for %d %s layers (%d-bit, group %d, %s): %s", name, len(layers), ckpt.layout.value,
+                    bits, gs, "sym" if sym else "asym", why)
 
     expected_keys = set(model.state_dict().keys())
     unexpected = sorted(set(ckpt.tensors) - expected_keys)
@@ -75,12 +94,13 @@ def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None,
                               + (" ..." if len(unexpected) > 8 else ""))
     tensors = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in ckpt.tensors.items()}
     model.load_state_dict(tensors, strict=False, assign=True)
-    if getattr(config, "tie_word_embeddings", False):
+    if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     still_meta = [n for n, p in model.named_parameters() if p.is_meta]
     still_meta += [n for n, b in model.named_buffers() if b is not None and b.is_meta]
     if still_meta:
         raise CheckpointError(f"{folder}: no tensor for {', '.join(still_meta[:8])}"
                               + (" ..." if len(still_meta) > 8 else "") + " (truncated or incomplete checkpoint?)")
-    logger.info("loaded %d quantized layers (torch backend, unpacked once) from %s", len(ckpt.layers), folder)
+    logger.info("loaded %d quantized layers (%s checkpoint, %s layout) from %s", len(ckpt.layers), ckpt.method,
+                ckpt.layout.value, folder)
     return model.to(device).eval()

@@ -1,0 +1,107 @@
+"""The ``auto_awq`` format: an AWQ GEMM checkpoint (``quant_method: awq``, ``version: gemm``), AutoRound reference §5.3.
+
+Read by transformers + GPTQModel (``TorchAtenAwqLinear`` on CPU), vLLM and AutoAWQ. 4-bit only.
+Tensors of a quantized Linear ``<layer>`` (``K`` = in_features, ``N`` = out_features, ``G = K / group_size``):
+
+- ``<layer>.qweight``: (K, N / 8) int32, codes packed along the **output** dimension, 8 per word
+- ``<layer>.qzeros``:  (G, N / 8) int32, raw zero points (no ``- 1``), packed the same way
+- ``<layer>.scales``:  (G, N) float16
+- ``<layer>.bias``:    (N,) float16, when the layer has a bias
+
+Inside a word, 4-bit nibble ``k`` (bits ``4k .. 4k+3``) holds output column ``AWQ_ORDER[k]`` of its
+group of 8 columns::
+
+    bits:    31..28 27..24 23..20 19..16 15..12 11..8  7..4   3..0
+    column:    7      5      3      1      6      4      2      0
+
+Byte formula per layer: 4 * (K * N / 8) + 4 * (G * N / 8) + 2 * (G * N) (+ 2 * N bias).
+
+``quantization_config``: ``bits 4``, one ``group_size`` for every layer (AWQ has no per-layer
+overrides), ``zero_point`` (false when every layer is sym: then every stored zero is 8 and loaders may
+use the fixed offset 8 instead), ``modules_to_not_convert`` (every Linear kept in float).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..plan import QuantPlan
+from ..quant.types import QuantizedWeight
+from .auto_round import write_packed_checkpoint
+from .formats import Format
+from .registry import ExportInput, register_writer
+
+__all__ = ["AWQ_ORDER", "pack_awq", "unpack_awq", "awq_layer_tensors", "awq_quantization_config"]
+
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble k of a word holds column AWQ_ORDER[k] of its group of 8
+
+
+def pack_awq(values: torch.Tensor) -> torch.Tensor:
+    """(rows, N) 4-bit codes -> (rows, N / 8) int32 in AWQ's interleaved nibble order."""
+    rows, n = values.shape
+    if n % 8:
+        raise ValueError(f"AWQ packs 8 columns per word: width {n} is not a multiple of 8")
+    if values.numel() and int(values.max()) > 15:
+        raise ValueError(f"AWQ holds 4-bit codes, got a value {int(values.max())}")
+    cols = values.to(torch.int64).reshape(rows, n // 8, 8)  # (rows, N/8, 8)
+    words = torch.zeros(rows, n // 8, dtype=torch.int64)
+    for k, col in enumerate(AWQ_ORDER):
+        words |= cols[:, :, col] << (4 * k)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # (rows, N/8)
+
+
+def unpack_awq(words: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``pack_awq``: (rows, N / 8) int32 -> (rows, N) uint8."""
+    rows, n_words = words.shape
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    cols = torch.empty(rows, n_words, 8, dtype=torch.int64)  # (rows, N/8, 8)
+    for k, col in enumerate(AWQ_ORDER):
+        cols[:, :, col] = (w >> (4 * k)) & 0xF
+    return cols.reshape(rows, n_words * 8).to(torch.uint8)
+
+
+# The diagram above, checked against the packer: columns 0..7 holding the values 0..7.
+assert int(pack_awq(torch.arange(8).reshape(1, 8))[0, 0]) == 0x75316420
+
+
+def awq_layer_tensors(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
+    if qw.bits != 4:
+        raise ValueError(f"AWQ holds 4-bit weights only, got {qw.bits} bits")
+    return {
+        "qweight": pack_awq(qw.codes.t().contiguous()),  # (K, N/8)
+        "qzeros": pack_awq(qw.zero.t().contiguous()),  # (G, N/8), raw zero points
+        "scales": qw.scale.t().contiguous().to(torch.float16),  # (G, N)
+    }
+
+
+def awq_quantization_config(plan: QuantPlan) -> dict[str, Any]:
+    quantized = plan.quantized()
+    if not quantized:
+        raise ValueError("auto_awq: the plan quantizes no layer")
+    group_sizes = {p.scheme.group_size for p in quantized}
+    if len(group_sizes) > 1:
+        detail = ", ".join(f"{p.name}={p.scheme.group_size}" for p in quantized[:6])
+        raise ValueError(f"auto_awq: AWQ has one group_size for the whole model, got {sorted(group_sizes)} ({detail} ...); "
+                         f"give every layer the same group_size or use format auto_round")
+    group_size = group_sizes.pop()
+    if group_size <= 0:
+        raise ValueError(f"auto_awq: AWQ needs a positive group_size, got {group_size} (per-channel/per-tensor); "
+                         f"use a group size such as 128, or format auto_gptq / auto_round")
+    return {
+        "quant_method": "awq",
+        "version": "gemm",
+        "bits": 4,
+        "group_size": group_size,
+        "zero_point": any(not p.scheme.sym for p in quantized),
+        "modules_to_not_convert": sorted(p.name for p in plan.layers.values() if not p.quantized),
+        "provider": "signround",
+    }
+
+
+@register_writer(Format.AUTO_AWQ)
+def write_auto_awq(data: ExportInput, folder: Path) -> None:
+    qconfig = awq_quantization_config(data.plan)
+    write_packed_checkpoint(data, folder, awq_layer_tensors, qconfig)
