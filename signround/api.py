@@ -107,10 +107,9 @@ class AutoRound:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _check_dataset(self) -> None:
-        if isinstance(self.dataset, str):
-            from .calib import parse_dataset_spec
+        from .calib import check_dataset
 
-            parse_dataset_spec(self.dataset)  # a spec that does not parse fails before the model loads
+        check_dataset(self.dataset)  # a spec that does not parse, or a missing file, fails before the model loads
 
     @staticmethod
     def _load(model: Any, tokenizer: Any, dtype: Any) -> LoadedModel:

@@ -7,7 +7,7 @@ of ints, tokenizer outputs). ``heldout_text()`` is bundled evaluation text no ca
 """
 
 from .bundled import heldout_text
-from .dataset import DEFAULT_HUB_DATASET, CalibrationData, get_calibration_data
+from .dataset import DEFAULT_HUB_DATASET, CalibrationData, check_dataset, get_calibration_data
 from .hub import HubUnreachableError
 from .spec import BUNDLED_NAME, SPEC_OPTIONS, DatasetSpec, parse_dataset_spec
 
@@ -18,6 +18,7 @@ __all__ = [
     "DatasetSpec",
     "HubUnreachableError",
     "SPEC_OPTIONS",
+    "check_dataset",
     "get_calibration_data",
     "heldout_text",
     "parse_dataset_spec",

@@ -22,7 +22,7 @@ from .hub import hub_reachable, load_hub_texts
 from .memory import describe_items, in_memory_items
 from .spec import BUNDLED_NAME, DatasetSpec, parse_dataset_spec
 
-__all__ = ["CalibrationData", "get_calibration_data", "allocate_samples", "DEFAULT_HUB_DATASET"]
+__all__ = ["CalibrationData", "get_calibration_data", "check_dataset", "allocate_samples", "DEFAULT_HUB_DATASET"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,15 @@ def _looks_local(name: str) -> bool:
         or name.startswith(("/", "./", "../", "~"))
         or name.count("/") > 1  # hub ids are "name" or "owner/name"
     )
+
+
+def check_dataset(dataset) -> None:
+    """Fail fast on a spec string that does not parse or names a local file that does not exist."""
+    if not isinstance(dataset, str):
+        return
+    for spec in parse_dataset_spec(dataset):
+        if spec.name != BUNDLED_NAME and _looks_local(spec.name) and not Path(spec.name).expanduser().is_file():
+            raise FileNotFoundError(f"calibration file not found: {spec.name}")
 
 
 def _spec_source(spec: DatasetSpec) -> _Source:

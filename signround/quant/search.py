@@ -1,11 +1,14 @@
 """Optimised RTN: importance-weighted searches for each group's scale (sym) or range (asym).
 
-Both searches minimise ``sum(w * (x - x_hat)^2)`` per group, where ``w`` is an importance
-weight per element (from the importance matrix of the calibration activations, or 1). They try a
-grid of candidate scales, re-fit each candidate by weighted least squares given its codes (as
-llama.cpp's ``make_qx_quants``/``make_qkx2_quants`` do), and keep the best per group.
-The asym search keeps integer zero points, so the result is exactly what GPTQ-style formats store.
+Both searches minimise ``sum(w * (x - x_hat)^2)`` per group, where ``w`` is an importance weight
+per element (from the importance matrix of the calibration activations, or 1). As llama.cpp's
+``make_qx_quants``/``make_qkx2_quants`` do, each candidate scale only proposes *codes*; the scale
+(and for asym the offset) that best fits those codes is then solved in closed form by weighted
+least squares, and the candidate whose fit leaves the least error wins. The winner is re-rounded
+with its fitted scale and kept only if that does not increase the error. The asym search ends with
+integer zero points, exactly what GPTQ-style formats store.
 
+Cost: each candidate is one rounding pass plus a few fused reductions over the weight.
 Shapes: ``wg`` and ``w`` are (n_groups_total, group_size); results are (n_groups_total, 1).
 """
 
@@ -33,73 +36,83 @@ def importance_weights(wg: torch.Tensor, imatrix_groups: torch.Tensor | None) ->
     return torch.where(mean > 0, w, torch.ones_like(w))
 
 
-def _weighted_err(wg: torch.Tensor, w: torch.Tensor, s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    return (w * (wg - s * q) ** 2).sum(dim=1, keepdim=True)
+def _sum(t: torch.Tensor) -> torch.Tensor:
+    return t.sum(dim=1, keepdim=True)
 
 
-def search_sym(wg: torch.Tensor, bits: int, w: torch.Tensor, n_grid: int = 40, span: float = 0.35) -> IntGroupQuant:
-    """Full-range symmetric scale search. Candidates put the largest-magnitude value at ``-m * c``."""
+def _err(wg: torch.Tensor, w: torch.Tensor, s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return _sum(w * (wg - s * q) ** 2)
+
+
+def search_sym(wg: torch.Tensor, bits: int, w: torch.Tensor, n_grid: int = 24, span: float = 0.3) -> IntGroupQuant:
+    """Full-range symmetric search: candidate scales shrink or stretch the min/max scale by up to ``span``."""
     m = 2 ** (bits - 1)
     base = minmax_init(wg, bits, sym=True).s0  # (n, 1) signed, maps the extreme to -m
+    base = torch.where(base.abs() < SCALE_EPS, torch.full_like(base, SCALE_EPS), base)
+    wx = w * wg
+    best_score = torch.full_like(base, -1.0)
     best_s = base.clone()
-    safe = torch.where(base.abs() < SCALE_EPS, torch.full_like(base, SCALE_EPS), base)
-    best_err = _weighted_err(wg, w, safe, (wg / safe).round().clamp(-m, m - 1))
     for k in range(n_grid + 1):
-        c = 1.0 - span + (2 * span - 0.5 * span) * k / n_grid  # shrink factors from 1-span to 1+span/2
-        s = safe * c
-        q = (wg / s).round().clamp(-m, m - 1)
-        err = _weighted_err(wg, w, s, q)
-        # Least-squares refit of the scale for these codes, then re-round.
-        den = (w * q * q).sum(dim=1, keepdim=True)
-        s_ls = torch.where(den > 0, (w * wg * q).sum(dim=1, keepdim=True) / den.clamp(min=1e-30), s)
-        s_ls = torch.where(s_ls.abs() < SCALE_EPS, s, s_ls)
-        q_ls = (wg / s_ls).round().clamp(-m, m - 1)
-        err_ls = _weighted_err(wg, w, s_ls, q_ls)
-        for cand_s, cand_err in ((s, err), (s_ls, err_ls)):
-            better = cand_err < best_err
-            best_err = torch.where(better, cand_err, best_err)
-            best_s = torch.where(better, cand_s, best_s)
-    return IntGroupQuant(bits=bits, sym=True, s0=best_s)
+        c = 1.0 - span + 1.5 * span * k / n_grid  # from 1 - span (clip more) to 1 + span/2
+        q = (wg / (base * c)).round_().clamp_(-m, m - 1)
+        sxq = _sum(wx * q)
+        sqq = _sum(w * q * q)
+        # Error at the least-squares scale is sum(w x^2) - sxq^2 / sqq: maximise sxq^2 / sqq.
+        score = torch.where(sqq > 0, sxq * sxq / sqq.clamp(min=1e-30), torch.zeros_like(sqq))
+        s_ls = torch.where(sqq > 0, sxq / sqq.clamp(min=1e-30), base)
+        better = score > best_score
+        best_score = torch.where(better, score, best_score)
+        best_s = torch.where(better & (s_ls.abs() >= SCALE_EPS), s_ls, best_s)
+    # The fitted scale re-rounds the codes; keep it only where that does not hurt.
+    q_fit = (wg / best_s).round().clamp(-m, m - 1)
+    q_base = (wg / base).round().clamp(-m, m - 1)
+    keep = _err(wg, w, best_s, q_fit) <= _err(wg, w, base, q_base)
+    return IntGroupQuant(bits=bits, sym=True, s0=torch.where(keep, best_s, base))
 
 
 def search_asym(wg: torch.Tensor, bits: int, w: torch.Tensor, n_grid: int = 20) -> IntGroupQuant:
-    """Asymmetric search over scales with integer zero points, each candidate re-fitted by least squares."""
+    """Asymmetric search: candidate scales around (max - min) / maxq, least-squares (scale, offset) per candidate."""
     maxq = 2**bits - 1
     init = minmax_init(wg, bits, sym=False)
     lo0, hi0 = init.lo0, init.hi0
     width = (hi0 - lo0).clamp(min=SCALE_EPS * maxq)
-    best_s = width / maxq
-    best_z = (-lo0 / best_s).round().clamp(0, maxq)
-    best_err = _weighted_err(wg, w, best_s, (wg / best_s).round().add(best_z).clamp(0, maxq) - best_z)
+    sw, sx = _sum(w), _sum(w * wg)
+    wx = w * wg
+    best_err = torch.full_like(lo0, float("inf"))
+    best_a = width / maxq
+    best_b = lo0.clone()
     for k in range(n_grid + 1):
-        iscale = (maxq - 1.0 + 2.0 * k / n_grid) / width  # divisors around maxq
-        s = 1.0 / iscale
-        z = (-lo0 / s).round().clamp(0, maxq)
-        q = (wg / s).round().add(z).clamp(0, maxq)
-        # Weighted least squares for x ~ a * q + b (closed form), then snap b to an integer zero point.
-        sw = w.sum(dim=1, keepdim=True)
-        sq = (w * q).sum(dim=1, keepdim=True)
-        sqq = (w * q * q).sum(dim=1, keepdim=True)
-        sx = (w * wg).sum(dim=1, keepdim=True)
-        sxq = (w * wg * q).sum(dim=1, keepdim=True)
+        s = width / (maxq - 1.0 + 2.0 * k / n_grid)
+        z = (-lo0 / s).round()
+        q = (wg / s).round_().add_(z).clamp_(0, maxq)
+        # Weighted least squares for x ~ a * q + b.
+        wq = w * q
+        sq, sqq, sxq = _sum(wq), _sum(wq * q), _sum(wx * q)
         det = sw * sqq - sq * sq
-        a = torch.where(det > 0, (sw * sxq - sq * sx) / det.clamp(min=1e-30), s)
-        b = torch.where(det > 0, (sqq * sx - sq * sxq) / det.clamp(min=1e-30), -z * s)
-        a = torch.where(a > SCALE_EPS, a, s)
-        z2 = (-b / a).round().clamp(0, maxq)
-        q2 = (wg / a).round().add(z2).clamp(0, maxq) - z2
-        den = (w * q2 * q2).sum(dim=1, keepdim=True)
-        a2 = torch.where(den > 0, (w * wg * q2).sum(dim=1, keepdim=True) / den.clamp(min=1e-30), a)
-        a2 = torch.where(a2 > SCALE_EPS, a2, a)
-        q3 = (wg / a2).round().add(z2).clamp(0, maxq) - z2
-        for cand_s, cand_z, cand_q in ((s, z, q - z), (a2, z2, q3)):
-            err = _weighted_err(wg, w, cand_s, cand_q)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_s = torch.where(better, cand_s, best_s)
-            best_z = torch.where(better, cand_z, best_z)
-    lo = -best_z * best_s
-    return IntGroupQuant(bits=bits, sym=False, lo0=lo, hi0=lo + maxq * best_s)
+        ok = det > 1e-30
+        a = torch.where(ok, (sw * sxq - sq * sx) / det.clamp(min=1e-30), s)
+        b = torch.where(ok, (sqq * sx - sq * sxq) / det.clamp(min=1e-30), -z * s)
+        err = _sum(w * (wg - a * q - b) ** 2)
+        better = (err < best_err) & (a > SCALE_EPS)
+        best_err = torch.where(better, err, best_err)
+        best_a = torch.where(better, a, best_a)
+        best_b = torch.where(better, b, best_b)
+    # Snap the offset to an integer zero point, re-round, and refit the scale for those codes.
+    z = (-best_b / best_a).round().clamp(0, maxq)
+    q = (wg / best_a).round().add(z).clamp(0, maxq) - z
+    den = _sum(w * q * q)
+    a = torch.where(den > 0, _sum(wx * q) / den.clamp(min=1e-30), best_a)
+    a = torch.where(a > SCALE_EPS, a, best_a)
+    q2 = (wg / a).round().add(z).clamp(0, maxq) - z
+    # Keep whichever of (fitted, min/max) is better per group.
+    base_s = width / maxq
+    base_z = (-lo0 / base_s).round().clamp(0, maxq)
+    base_q = (wg / base_s).round().add(base_z).clamp(0, maxq) - base_z
+    keep = _err(wg, w, a, q2) <= _err(wg, w, base_s, base_q)
+    s_final = torch.where(keep, a, base_s)
+    z_final = torch.where(keep, z, base_z)
+    lo = -z_final * s_final
+    return IntGroupQuant(bits=bits, sym=False, lo0=lo, hi0=lo + maxq * s_final)
 
 
 def search_int(wg: torch.Tensor, bits: int, sym: bool, imatrix_groups: torch.Tensor | None = None) -> IntGroupQuant:

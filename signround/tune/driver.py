@@ -37,7 +37,7 @@ class RuntimeOptions:
     """Where and in what precision the work runs; never changes what the result means."""
 
     device: str = "cpu"
-    tune_dtype: torch.dtype = torch.float32
+    tune_dtype: torch.dtype = torch.float32  # matmul precision inside the tuning loop (bf16 = autocast)
     low_gpu_mem_usage: bool = False  # keep the cached activations on the CPU, move them per batch
     forward_batch_size: int = 8  # rows per batch for the passes that only run forward
     show_progress: bool = True
@@ -131,7 +131,8 @@ def quantize_model(
     if input_ids is None:
         raise ValueError("SignRound and optimised RTN need calibration data (input_ids)")
 
-    device, cache_dev, dtype = runtime.device, runtime.cache_device, runtime.tune_dtype
+    # Reference and chain passes always run in float32; only the tuning loop may use bf16 matmuls.
+    device, cache_dev, dtype = runtime.device, runtime.cache_device, torch.float32
     blocks = get_module(model, arch.blocks)
     block_args = capture_block_args(model, blocks, input_ids[:1])
     fp = capture_first_block_inputs(model, blocks[0], input_ids, runtime.forward_batch_size, dtype, cache_dev)
@@ -167,8 +168,9 @@ def quantize_model(
         report: BlockReport | None = None
         if tuning and states:
             block.requires_grad_(False)
+            autocast = runtime.tune_dtype if runtime.tune_dtype != torch.float32 else None
             report = tune_block(block, states, inputs_for_tuning, targets, args_i, mask, train_idx, val_idx,
-                                signround, device)
+                                signround, device, autocast_dtype=autocast)
         _quantize_states(states, modules, result)
         if q is not None:
             with torch.no_grad():

@@ -105,9 +105,14 @@ def _overrides(states: list[LayerState]) -> dict[str, torch.Tensor]:
     return {f"{s.local_name}.weight": s.weight() for s in states}
 
 
-def _eval_loss(block, states, inputs, targets, block_args, mask, idx, batch_size, device) -> float:
+def _autocast(device: torch.device | str, dtype: torch.dtype | None):
+    kind = torch.device(device).type
+    return torch.autocast(device_type=kind, dtype=dtype, enabled=dtype is not None)
+
+
+def _eval_loss(block, states, inputs, targets, block_args, mask, idx, batch_size, device, autocast_dtype) -> float:
     total, count = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(device, autocast_dtype):
         weights = _overrides(states)
         for start in range(0, len(idx), batch_size):
             rows = idx[start:start + batch_size]
@@ -132,10 +137,13 @@ def tune_block(
     cfg: SignRoundConfig,
     device: torch.device | str = "cpu",
     on_step=None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> BlockReport:
     """Tune the states of one block in place and leave them at the best held-out parameters.
 
     inputs/targets: (N, T, H) cached rows (any device; moved per batch), mask: (N, T) bool or None.
+    ``autocast_dtype`` (e.g. bfloat16) runs the block's matmuls in lower precision; the tunables, the
+    fake quantization and the loss stay float32.
     """
     for s in states:
         s.enable_tuning(cfg.enable_minmax_tuning)
@@ -145,7 +153,7 @@ def tune_block(
     bs, gas = cfg.batch_size, cfg.gradient_accumulate_steps
 
     def evaluate() -> float:
-        return _eval_loss(block, states, inputs, targets, block_args, mask, val_idx, bs, device)
+        return _eval_loss(block, states, inputs, targets, block_args, mask, val_idx, bs, device, autocast_dtype)
 
     best = evaluate()
     report = BlockReport(loss_before=best, loss_after=best, best_iter=0, iters_run=0)
@@ -156,7 +164,8 @@ def tune_block(
             rows = sampler.take(bs)
             x = inputs[rows].to(device)
             m = None if mask is None else mask[rows].to(device)
-            out = run_block(block, x, block_args, _overrides(states))
+            with _autocast(device, autocast_dtype):
+                out = run_block(block, x, block_args, _overrides(states))
             loss = masked_mse(out, targets[rows].to(device), m)
             loss.backward()
         decay = 1.0 - it / cfg.iters
