@@ -24,7 +24,7 @@ from ..model.capture import BlockArgs, capture_block_args, capture_first_block_i
 from ..plan import LayerPlan, QuantPlan
 from ..quant.types import QuantizedWeight
 from .imatrix import ImatrixCollector
-from .layer import LayerState, make_layer_state
+from .layer import LayerQuantizer, make_layer_state
 from .signround import BlockReport, SignRoundConfig, tune_block
 
 __all__ = ["RuntimeOptions", "QuantizeResult", "quantize_model", "write_weight"]
@@ -58,7 +58,7 @@ class QuantizeResult:
 @torch.no_grad()
 def write_weight(module: torch.nn.Module, plan: LayerPlan, qw: QuantizedWeight) -> None:
     """Replace a module's float weight by the dequantized codes (so the in-memory model is the quantized one)."""
-    w = qw.dequantize(torch.float32)
+    w = qw.dequantize().float()
     if plan.conv1d:
         w = w.t()
     module.weight.copy_(w.to(device=module.weight.device, dtype=module.weight.dtype))
@@ -67,11 +67,11 @@ def write_weight(module: torch.nn.Module, plan: LayerPlan, qw: QuantizedWeight) 
 def _layer_record(plan: LayerPlan, float_w: torch.Tensor, qw: QuantizedWeight) -> dict:
     w = float_w.detach().float()
     w = w.t() if plan.conv1d else w
-    err = (qw.dequantize() - w.cpu()).norm() / w.norm().clamp(min=1e-12)
+    err = (qw.dequantize().float().cpu() - w.cpu()).norm() / w.norm().clamp(min=1e-12)
     return {"block": plan.block, "scheme": plan.scheme.short_name(), "weight_rel_err": round(float(err), 6)}
 
 
-def _quantize_states(states: list[LayerState], modules: dict[str, torch.nn.Module], result: QuantizeResult) -> None:
+def _quantize_states(states: list[LayerQuantizer], modules: dict[str, torch.nn.Module], result: QuantizeResult) -> None:
     for s in states:
         qw = s.result()
         module = modules[s.local_name]

@@ -1,12 +1,16 @@
-"""One Linear being quantized: its frozen grouped weight, the range origin, and the tunable SignRound tensors.
+"""One Linear being quantized: its frozen weight, its starting quantization, and the tunable SignRound tensors.
 
-The state lives in this dataclass, never on the ``nn.Module``: the block is run with
-``torch.func.functional_call`` and these fake-quantized weights substituted for its own.
+The state lives in these objects, never on the ``nn.Module``: the block is run with
+``torch.func.functional_call`` and their fake-quantized weights substituted for its own.
+
+Every data type provides a state with the ``LayerQuantizer`` protocol, registered by the scheme's
+``data_type`` with ``@register_layer_state``; the tuner and the block loop only use the protocol.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -16,14 +20,45 @@ from ..quant.int import IntGroupQuant, minmax_init, quantize_groups
 from ..quant.search import search_int
 from ..quant.types import QuantizedWeight
 
-__all__ = ["LayerState", "make_layer_state", "V_BOUND", "RANGE_BOUNDS"]
+__all__ = ["LayerQuantizer", "LayerState", "make_layer_state", "register_layer_state", "V_BOUND", "RANGE_BOUNDS"]
 
 V_BOUND = 0.5  # a rounding offset can flip each weight's rounding at most once
 RANGE_BOUNDS = (0.5, 1.5)  # range multipliers alpha/beta around the initial range
 
 
+class LayerQuantizer(Protocol):
+    """What the SignRound tuner and the block loop need from one layer being quantized."""
+
+    plan: LayerPlan
+    local_name: str
+
+    def enable_tuning(self, minmax: bool) -> None: ...  # create the tunable tensors (requires_grad)
+    def tunables(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]: ...  # (rounding, range)
+    def clamp_(self) -> None: ...  # project the tunables back into their bounds
+    def snapshot(self) -> Any: ...
+    def restore(self, snap: Any) -> None: ...
+    def weight(self) -> torch.Tensor: ...  # fake-quantized weight in the module's layout, differentiable
+    def result(self) -> Any: ...  # the codes (QuantizedWeight, GGUFQuantized...), with .dequantize(dtype)
+
+
+StateBuilder = Callable[..., LayerQuantizer]
+_BUILDERS: dict[str, StateBuilder] = {}
+
+
+def register_layer_state(data_type: str) -> Callable[[StateBuilder], StateBuilder]:
+    def deco(fn: StateBuilder) -> StateBuilder:
+        if data_type in _BUILDERS:
+            raise RuntimeError(f"a layer state for data_type {data_type!r} is already registered")
+        _BUILDERS[data_type] = fn
+        return fn
+
+    return deco
+
+
 @dataclass
 class LayerState:
+    """Integer group quantization (``data_type='int'``)."""
+
     plan: LayerPlan
     local_name: str  # name inside the block, e.g. "self_attn.q_proj"
     wg: torch.Tensor  # (n_groups_total, gs) float32, frozen
@@ -95,11 +130,27 @@ def make_layer_state(
     weight: torch.Tensor,
     imatrix: torch.Tensor | None = None,
     optimize: bool = True,
-) -> LayerState:
-    """Group the weight and choose its starting range: opt-RTN search (default) or plain min/max.
+) -> LayerQuantizer:
+    """The state of one layer for its scheme's data type, starting from optimised RTN (or plain RTN).
 
     ``weight`` is in the module's layout; ``imatrix`` is (in_features,) mean squared input activation.
     """
+    builder = _BUILDERS.get(plan.scheme.data_type)
+    if builder is None:
+        raise ValueError(f"no quantizer for data_type {plan.scheme.data_type!r} (layer {plan.name}); "
+                         f"known: {', '.join(sorted(_BUILDERS))}")
+    return builder(plan, local_name, weight, imatrix, optimize)
+
+
+@register_layer_state("int")
+def make_int_state(
+    plan: LayerPlan,
+    local_name: str,
+    weight: torch.Tensor,
+    imatrix: torch.Tensor | None = None,
+    optimize: bool = True,
+) -> LayerState:
+    """Group the weight and choose its starting range: opt-RTN search (default) or plain min/max."""
     w = weight.detach().float()
     if plan.conv1d:
         w = w.t()

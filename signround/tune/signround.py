@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model.capture import BlockArgs, run_block
-from .layer import LayerState
+from .layer import LayerQuantizer
 
 __all__ = ["SignRoundConfig", "BlockReport", "tune_block", "masked_mse", "IndexSampler"]
 
@@ -101,7 +101,7 @@ def masked_mse(pred: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None)
     return (diff * m).sum() / (m.sum() * diff.shape[-1]).clamp(min=1)
 
 
-def _overrides(states: list[LayerState]) -> dict[str, torch.Tensor]:
+def _overrides(states: list[LayerQuantizer]) -> dict[str, torch.Tensor]:
     return {f"{s.local_name}.weight": s.weight() for s in states}
 
 
@@ -127,7 +127,7 @@ def _eval_loss(block, states, inputs, targets, block_args, mask, idx, batch_size
 
 def tune_block(
     block: torch.nn.Module,
-    states: list[LayerState],
+    states: list[LayerQuantizer],
     inputs: torch.Tensor,
     targets: torch.Tensor,
     block_args: BlockArgs,
