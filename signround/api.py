@@ -77,6 +77,7 @@ class AutoRound:
         low_gpu_mem_usage: bool = False,
         dtype: "str | torch.dtype" = "auto",
         tune_dtype: "str | torch.dtype" = "float32",
+        enable_torch_compile: bool = False,
         show_progress: bool = True,
     ) -> None:
         self.scheme = resolve_scheme(scheme, bits=bits, group_size=group_size, sym=sym)
@@ -84,6 +85,7 @@ class AutoRound:
             iters=iters, lr=lr, minmax_lr=minmax_lr, batch_size=batch_size,
             gradient_accumulate_steps=gradient_accumulate_steps, enable_minmax_tuning=enable_minmax_tuning,
             enable_quanted_input=enable_quanted_input, eval_every=eval_every, early_stop=early_stop, seed=seed,
+            enable_torch_compile=enable_torch_compile,
         )
         if iters > 0 or not disable_opt_rtn:
             if nsamples < 1 or seqlen < 2:

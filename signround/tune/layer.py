@@ -9,6 +9,7 @@ Every data type provides a state with the ``LayerQuantizer`` protocol, registere
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -16,9 +17,11 @@ import torch
 
 from ..plan import LayerPlan
 from ..quant.grouping import from_groups, to_groups
-from ..quant.int import IntGroupQuant, minmax_init, quantize_groups
+from ..quant.int import IntGroupQuant, compiled_fake_quant, minmax_init, quantize_groups
 from ..quant.search import search_int
 from ..quant.types import QuantizedWeight
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LayerQuantizer", "LayerState", "make_layer_state", "register_layer_state", "V_BOUND", "RANGE_BOUNDS"]
 
@@ -32,7 +35,7 @@ class LayerQuantizer(Protocol):
     plan: LayerPlan
     local_name: str
 
-    def enable_tuning(self, minmax: bool) -> None: ...  # create the tunable tensors (requires_grad)
+    def enable_tuning(self, minmax: bool, compile: bool = False) -> None: ...  # create tunables (requires_grad)
     def tunables(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]: ...  # (rounding, range)
     def clamp_(self) -> None: ...  # project the tunables back into their bounds
     def snapshot(self) -> Any: ...
@@ -66,6 +69,7 @@ class LayerState:
     v: torch.Tensor | None = None  # (n_groups_total, gs)
     alpha: torch.Tensor | None = None  # (n_groups_total, 1)
     beta: torch.Tensor | None = None  # (n_groups_total, 1), asym only
+    compiled: bool = False  # use the torch.compile'd fake quantization while tuning
 
     @property
     def in_features(self) -> int:
@@ -77,7 +81,8 @@ class LayerState:
         ranges = [t for t in (self.alpha, self.beta) if t is not None]
         return rounding, ranges
 
-    def enable_tuning(self, minmax: bool) -> None:
+    def enable_tuning(self, minmax: bool, compile: bool = False) -> None:
+        self.compiled = compile
         self.v = torch.zeros_like(self.wg, requires_grad=True)
         if minmax:
             n = self.wg.shape[0]
@@ -104,7 +109,17 @@ class LayerState:
 
     def weight(self) -> torch.Tensor:
         """The fake-quantized weight in the module's own layout (differentiable in v/alpha/beta)."""
-        w_hat = quantize_groups(self.wg, self.init, self.v, self.alpha, self.beta)[0]
+        if self.compiled:
+            try:
+                p = self.init
+                w_hat = compiled_fake_quant()(self.wg, p.s0, p.lo0, p.hi0, self.v, self.alpha, self.beta, p.bits, p.sym)
+            except Exception as e:  # noqa: BLE001 - any compiler failure falls back to the eager path
+                logger.warning("torch.compile of the fake quantization failed (%s: %s); using eager mode",
+                               type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                self.compiled = False
+                return self.weight()
+        else:
+            w_hat = quantize_groups(self.wg, self.init, self.v, self.alpha, self.beta)[0]
         w = from_groups(w_hat, self.in_features)  # (out, in)
         return w.t() if self.plan.conv1d else w
 

@@ -38,6 +38,7 @@ class SignRoundConfig:
     eval_every: int = 0  # 0 -> about 10 checks per block
     early_stop: int = 0  # stop after this many checks without improvement (0: never)
     seed: int = 42
+    enable_torch_compile: bool = False  # fuse the fake quantization with torch.compile
 
     def __post_init__(self) -> None:
         if self.iters < 0:
@@ -146,7 +147,7 @@ def tune_block(
     fake quantization and the loss stay float32.
     """
     for s in states:
-        s.enable_tuning(cfg.enable_minmax_tuning)
+        s.enable_tuning(cfg.enable_minmax_tuning, cfg.enable_torch_compile)
     rounding = [t for s in states for t in s.tunables()[0]]
     ranges = [t for s in states for t in s.tunables()[1]]
     sampler = IndexSampler(train_idx, cfg.seed)
