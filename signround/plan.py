@@ -7,6 +7,11 @@ a layer_config key that matches nothing (a warning naming it).
 
 layer_config key precedence (AutoRound reference §2.10, STYLE rule 12): an exact layer name wins;
 then the first key that is a plain substring of the name; then the first regex (``re.search``).
+
+With a GGUF format the mix decides each tensor's ggml type as llama.cpp would (``export/gguf/mixes``:
+attn_v/ffn_down upgrades, output in Q6_K, shape fallbacks), reasons included; the lm_head is part of
+the file (``output.weight``) whatever ``quant_lm_head`` says, and the tensors that are no Linear
+(``token_embd``) are listed in ``QuantPlan.extra``. layer_config may still name a ggml type per layer.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .export.formats import FORMATS, Format, check_layer
+from .export.formats import FORMATS, Format, check_layer, gguf_mix, is_gguf
 from .model.arch import ArchFacts, get_module
-from .schemes import KEEP, QuantScheme, resolve_scheme
+from .schemes import KEEP, QuantScheme, gguf_scheme, resolve_scheme
 
 __all__ = ["LayerPlan", "QuantPlan", "build_plan", "linear_shape", "is_linear"]
 
@@ -67,6 +72,7 @@ class QuantPlan:
     n_blocks: int
     lm_head: str
     formats: list[Format] = field(default_factory=list)
+    extra: dict[str, str] = field(default_factory=dict)  # tensors a format writes itself (GGUF token_embd) -> type/why
 
     def block_layers(self, index: int) -> list[LayerPlan]:
         return [p for p in self.layers.values() if p.block == index and p.quantized]
@@ -84,6 +90,8 @@ class QuantPlan:
         w = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {r[3]}" for r in rows]
         lines.insert(1, "-" * max(len(x) for x in lines))
+        for name, what in self.extra.items():
+            lines.append(f"{name}  (written by the format)  {what}")
         n_q = len(self.quantized())
         lines.append(f"{n_q} of {len(self.layers)} linear layers quantized; default scheme {self.default.short_name()}")
         return "\n".join(lines)
@@ -91,6 +99,7 @@ class QuantPlan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "default": self.default.to_dict(),
+            **({"extra": dict(self.extra)} if self.extra else {}),
             "layers": {n: {"shape": list(p.shape), "scheme": p.scheme.to_dict(), "reason": p.reason, "block": p.block}
                        for n, p in self.layers.items()},
         }
@@ -141,9 +150,19 @@ def build_plan(
     ignore_layers: "str | Iterable[str] | None" = None,
     quant_lm_head: bool = False,
     formats: Iterable[Format] = (),
+    has_imatrix: bool = False,
 ) -> QuantPlan:
-    """Resolve every Linear of ``model`` to a LayerPlan; raise ValueError for anything a format cannot hold."""
+    """Resolve every Linear of ``model`` to a LayerPlan; raise ValueError for anything a format cannot hold.
+
+    ``has_imatrix``: an importance matrix will be collected (it changes one llama.cpp mix rule).
+    """
     formats = list(formats)
+    gguf_fmt = next((f for f in formats if is_gguf(f)), None)
+    gguf_types = None
+    if gguf_fmt is not None:
+        from .export.gguf.export import hf_tensor_types
+
+        gguf_types = hf_tensor_types(model, gguf_mix(gguf_fmt), has_imatrix)  # unknown architecture: raises here
     blocks = get_module(model, arch.blocks)
     n_blocks = len(blocks)
     configs = _resolve_config(layer_config, default)
@@ -191,7 +210,11 @@ def build_plan(
                 reason = "quant_lm_head"
         elif has_experts and any(local == r for r in arch.routers):
             scheme, reason = KEEP, "MoE router"
-        if scheme.is_quantized and (shape[0] % SHAPE_MULTIPLE or shape[1] % SHAPE_MULTIPLE):
+        if gguf_types is not None and hit is None:
+            scheme, reason = _gguf_layer(name, shape, chosen, scheme, reason, is_head and tied, gguf_types)
+        if scheme.data_type == "gguf":
+            pass  # the mix's shape fallbacks already fit the type's block size
+        elif scheme.is_quantized and (shape[0] % SHAPE_MULTIPLE or shape[1] % SHAPE_MULTIPLE):
             scheme, reason = KEEP, f"shape {shape[0]}x{shape[1]} is not a multiple of {SHAPE_MULTIPLE}"
         if not scheme.is_quantized and reason.startswith("layer_config"):
             reason += " keeps it float"
@@ -205,8 +228,30 @@ def build_plan(
             logger.warning("ignore_layers entry %r matches no linear layer of the model", pattern)
 
     plan = QuantPlan(layers, default, arch.blocks, n_blocks, arch.lm_head, formats)
+    if gguf_types is not None:
+        linears = {f"{n}.weight" for n in layers}
+        plan.extra = {g: str(c) for hf, (g, c) in gguf_types.items() if hf not in linears and not c.reason.startswith("not ")}
     _check_formats(plan, arch, formats)
     return plan
+
+
+def _gguf_layer(name, shape, chosen, scheme, reason, tied_head, gguf_types) -> tuple[QuantScheme, str]:
+    """A Linear's scheme under a GGUF mix: the mix's type and reason, unless layer_config names one."""
+    from .quant.gguf import check_shape
+
+    if chosen is not None:
+        if scheme.data_type == "gguf":
+            check_shape(shape, scheme.ggml_type, f"{name} (layer_config {chosen[0]!r})")
+        return scheme, reason  # an int scheme is refused by the format check, naming the layer
+    if tied_head:
+        return KEEP, "lm_head is tied to the input embeddings (written once, as token_embd)"
+    entry = gguf_types.get(f"{name}.weight")
+    if entry is None:
+        raise ValueError(f"{name}: the GGUF writer has no tensor for this layer")
+    _, choice = entry
+    if choice.qtype.name in ("F32", "F16", "BF16"):
+        return KEEP, f"{choice.qtype.name}: {choice.reason}"
+    return gguf_scheme(choice.qtype.name), choice.reason
 
 
 def _check_formats(plan: QuantPlan, arch: ArchFacts, formats: list[Format]) -> None:

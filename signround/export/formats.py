@@ -2,6 +2,9 @@
 
 One table read by the plan (to fail before calibration), by ``signround list format`` and by the docs.
 A validator returns the first mismatch as "supports X, got Y, at layer Z".
+
+GGUF formats are one member per llama.cpp mix (``gguf:q4_k_m``): the mix decides every tensor's
+ggml type (``export/gguf/mixes.py``), so a run writes at most one GGUF format and no other format.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from enum import Enum
 
 from ..schemes import QuantScheme
 
-__all__ = ["Format", "FormatSpec", "FORMATS", "parse_formats", "check_layer", "format_table"]
+__all__ = ["Format", "FormatSpec", "FORMATS", "parse_formats", "check_layer", "format_table", "gguf_mix", "is_gguf"]
+
+GGUF_PREFIX = "gguf:"
 
 
 class Format(str, Enum):
@@ -21,6 +26,35 @@ class Format(str, Enum):
     AUTO_ROUND = "auto_round"
     AUTO_GPTQ = "auto_gptq"
     AUTO_AWQ = "auto_awq"
+    GGUF_Q4_0 = "gguf:q4_0"
+    GGUF_Q4_1 = "gguf:q4_1"
+    GGUF_Q5_0 = "gguf:q5_0"
+    GGUF_Q5_1 = "gguf:q5_1"
+    GGUF_Q8_0 = "gguf:q8_0"
+    GGUF_Q2_K = "gguf:q2_k"
+    GGUF_Q2_K_S = "gguf:q2_k_s"
+    GGUF_Q3_K_S = "gguf:q3_k_s"
+    GGUF_Q3_K_M = "gguf:q3_k_m"
+    GGUF_Q3_K_L = "gguf:q3_k_l"
+    GGUF_Q4_K_S = "gguf:q4_k_s"
+    GGUF_Q4_K_M = "gguf:q4_k_m"
+    GGUF_Q5_K_S = "gguf:q5_k_s"
+    GGUF_Q5_K_M = "gguf:q5_k_m"
+    GGUF_Q6_K = "gguf:q6_k"
+    GGUF_F16 = "gguf:f16"
+    GGUF_BF16 = "gguf:bf16"
+    GGUF_F32 = "gguf:f32"
+
+
+def is_gguf(fmt: Format) -> bool:
+    return fmt.value.startswith(GGUF_PREFIX)
+
+
+def gguf_mix(fmt: Format) -> str:
+    """The llama.cpp mix of a GGUF format (``Format.GGUF_Q4_K_M`` -> ``"q4_k_m"``)."""
+    if not is_gguf(fmt):
+        raise ValueError(f"format {fmt.value} is not a GGUF format")
+    return fmt.value[len(GGUF_PREFIX):]
 
 
 @dataclass(frozen=True)
@@ -32,6 +66,7 @@ class FormatSpec:
     fuses_qkv: bool = False  # serving engines fuse q/k/v and gate/up: bits must agree inside a group
     lm_head: bool = False  # can hold a quantized lm_head
     out_multiple: int = 1  # output features must be a multiple of this
+    data_types: frozenset[str] = frozenset({"int"})  # scheme data types the format stores
 
 
 FORMATS: dict[Format, FormatSpec] = {
@@ -59,6 +94,17 @@ FORMATS: dict[Format, FormatSpec] = {
         fuses_qkv=True,
         out_multiple=8,
     ),
+    **{
+        fmt: FormatSpec(
+            f"one llama.cpp GGUF file, mix {gguf_mix(fmt)} (per-tensor ggml types as llama.cpp chooses them); "
+            "llama.cpp, ollama, LM Studio",
+            bits=frozenset(range(2, 9)),
+            lm_head=True,
+            data_types=frozenset({"gguf"}),
+        )
+        for fmt in Format
+        if is_gguf(fmt)
+    },
 }
 
 
@@ -73,12 +119,22 @@ def parse_formats(spec: "str | list[str] | tuple[str, ...]") -> list[Format]:
         try:
             fmt = Format(name)
         except ValueError:
+            if name.startswith(GGUF_PREFIX):
+                valid = ", ".join(f.value for f in Format if is_gguf(f))
+                raise ValueError(f"unknown GGUF type {raw.strip()!r}; valid: {valid}") from None
             known = ", ".join(f.value for f in Format)
             raise ValueError(f"unknown format {raw.strip()!r}; known formats: {known}") from None
         if fmt not in out:
             out.append(fmt)
     if not out:
         raise ValueError("no export format given")
+    gguf = [f.value for f in out if is_gguf(f)]
+    if gguf and len(out) > 1:
+        others = [f.value for f in out if f.value not in gguf[:1]]
+        raise ValueError(
+            f"format {gguf[0]} cannot be combined with {', '.join(others)} in one run: a GGUF mix decides each "
+            "tensor's type itself. Run once per GGUF mix, and separately for the other formats."
+        )
     return out
 
 
@@ -86,6 +142,9 @@ def check_layer(fmt: Format, scheme: QuantScheme, layer: str, shape: tuple[int, 
     """The first reason ``fmt`` cannot hold ``layer`` quantized with ``scheme``, or None."""
     spec = FORMATS[fmt]
     out_f, in_f = shape
+    if scheme.data_type not in spec.data_types:
+        return (f"format {fmt.value} stores data types {sorted(spec.data_types)}, got {scheme.data_type} "
+                f"({scheme.short_name()}) at layer {layer}")
     if scheme.bits not in spec.bits:
         return f"format {fmt.value} supports bits {sorted(spec.bits)}, got {scheme.bits} at layer {layer}"
     if scheme.sym not in spec.sym:

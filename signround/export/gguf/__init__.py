@@ -4,7 +4,7 @@ The block numerics are in ``signround.quant.gguf``; this package turns a model i
 """
 
 from .arch import GGUF_ARCHITECTURES, ArchSpec, arch_spec
-from .export import export_gguf, gguf_plan
+from .export import export_gguf, gguf_plan, hf_tensor_types
 from .reader import load_gguf_state_dict, read_gguf_tensors
 from .mixes import MIXES, MixSpec, TypeChoice, format_plan, mix_names, mix_spec, plan_tensor_types
 from .vocab import GGUFVocab, vocab_from_tokenizer
@@ -29,6 +29,7 @@ __all__ = [
     "model_tensors",
     "write_gguf",
     "gguf_plan",
+    "hf_tensor_types",
     "read_gguf_tensors",
     "load_gguf_state_dict",
     "export_gguf",

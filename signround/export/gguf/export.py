@@ -12,10 +12,10 @@ import torch
 
 from ...quant.gguf import SearchMode
 from .arch import arch_spec, layer_count
-from .mixes import format_plan, mix_spec, plan_tensor_types
+from .mixes import TypeChoice, format_plan, mix_spec, plan_tensor_types
 from .writer import model_tensors, write_gguf
 
-__all__ = ["gguf_plan", "export_gguf"]
+__all__ = ["gguf_plan", "hf_tensor_types", "export_gguf"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,17 @@ def gguf_plan(model: torch.nn.Module, mix: str, has_imatrix: bool = False):
     n_expert = int(getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None) or 0)
     tensors = [(s.gguf_name, s.gguf_shape) for s in model_tensors(model, spec)]
     return plan_tensor_types(tensors, mix, layer_count(config), n_head // n_kv, n_expert, has_imatrix)
+
+
+def hf_tensor_types(model: torch.nn.Module, mix: str, has_imatrix: bool = False) -> dict[str, tuple[str, TypeChoice]]:
+    """``{HF parameter name: (GGUF name, TypeChoice)}`` for every tensor the file of ``mix`` will hold.
+
+    Raises (before any work) for an architecture the writer does not know, naming it.
+    """
+    spec = arch_spec(model)
+    sources = model_tensors(model, spec)
+    plan = gguf_plan(model, mix, has_imatrix)
+    return {s.hf_name: (s.gguf_name, plan[s.gguf_name]) for s in sources}
 
 
 def export_gguf(
