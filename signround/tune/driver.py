@@ -8,6 +8,10 @@ For block i, in order (AutoRound reference §2.12, with fewer passes):
 3. the block's weights become the dequantized codes, and one pass over the quantized inputs gives
    the next block's quantized inputs.
 Plain RTN (iters 0, no opt-RTN) needs no data and no forward pass at all.
+
+The importance matrices collected on the way (and the lm_head's, from the final hidden states) are
+returned in ``QuantizeResult.imatrix`` for exporters that quantize tensors themselves (GGUF's
+token_embd). Layer states come from the registry of ``tune/layer.py`` by the scheme's data type.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ..model.arch import ArchFacts, get_module
 from ..model.capture import BlockArgs, capture_block_args, capture_first_block_inputs, run_block
 from ..plan import LayerPlan, QuantPlan
 from ..quant.types import QuantizedWeight
+from . import gguf_layer  # noqa: F401  (registers the "gguf" layer state)
 from .imatrix import ImatrixCollector
 from .layer import LayerQuantizer, make_layer_state
 from .signround import BlockReport, SignRoundConfig, tune_block
@@ -52,6 +57,7 @@ class QuantizeResult:
     weights: dict[str, QuantizedWeight] = field(default_factory=dict)
     blocks: dict[int, dict] = field(default_factory=dict)  # block index -> report fields and seconds
     layers: dict[str, dict] = field(default_factory=dict)  # layer name -> weight error and scheme
+    imatrix: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> (in,) mean squared input
     seconds: float = 0.0
 
 
@@ -165,6 +171,8 @@ def quantize_model(
             make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize_rtn)
             for local, p in zip(modules, layer_plans)
         ]
+        result.imatrix.update({p.name: im for local, p in zip(modules, layer_plans)
+                               if (im := collector.result(local)) is not None})
         report: BlockReport | None = None
         if tuning and states:
             block.requires_grad_(False)
@@ -193,18 +201,23 @@ def quantize_model(
 
 @torch.no_grad()
 def _quantize_outside(model, arch, plan, hidden, mask, optimize_rtn, runtime, result) -> None:
-    """Layers outside the blocks (lm_head when asked): opt-RTN on the final hidden states' importance."""
+    """Layers outside the blocks (lm_head when asked): opt-RTN on the final hidden states' importance.
+
+    The lm_head's importance is collected whenever optimising (a cheap pass through the final norm),
+    also when it is not planned: a GGUF file quantizes it (or the tied embedding) itself.
+    """
+    if optimize_rtn and arch.final_norm and plan.lm_head:
+        norm = get_module(model, arch.final_norm)
+        collector = ImatrixCollector()
+        ref = next(norm.parameters())
+        for start in range(0, hidden.shape[0], runtime.forward_batch_size):
+            sl = slice(start, start + runtime.forward_batch_size)
+            collector.mask = None if mask is None else mask[sl]
+            collector.add(plan.lm_head, norm(hidden[sl].to(device=ref.device, dtype=ref.dtype)))
+        if (head := collector.result(plan.lm_head)) is not None:
+            result.imatrix[plan.lm_head] = head
     for p in plan.outside_layers():
         module = model.get_submodule(p.name)
-        imatrix = None
-        if optimize_rtn and p.name == plan.lm_head and arch.final_norm:
-            norm = get_module(model, arch.final_norm)
-            collector = ImatrixCollector()
-            dtype = next(norm.parameters()).dtype
-            for start in range(0, hidden.shape[0], runtime.forward_batch_size):
-                sl = slice(start, start + runtime.forward_batch_size)
-                collector.mask = None if mask is None else mask[sl]
-                collector.add(p.name, norm(hidden[sl].to(dtype)))
-            imatrix = collector.result(p.name)
+        imatrix = result.imatrix.get(p.name) if p.name == plan.lm_head else None
         state = make_layer_state(p, p.name, module.weight, imatrix, optimize=optimize_rtn)
         _quantize_states([state], {p.name: module}, result)

@@ -86,9 +86,9 @@ class GGUFQuantized:
     def format(self) -> type[BlockFormat]:
         return _block_format(self.qtype)
 
-    def dequantize(self) -> torch.Tensor:
-        """(rows, cols) float32, bit-identical to ggml's (and gguf-py's) dequantization."""
-        return self.format.dequantize(self.params, self.codes).reshape(self.shape)
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(rows, cols), bit-identical to ggml's (and gguf-py's) dequantization in float32."""
+        return self.format.dequantize(self.params, self.codes).reshape(self.shape).to(dtype)
 
     def to_bytes(self) -> torch.Tensor:
         """(rows, cols / block_size * type_size) uint8: the ggml blocks of each row."""
