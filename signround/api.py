@@ -2,10 +2,15 @@
 
 A thin facade over the pipeline (load -> plan -> calibrate -> quantize -> export). Names and
 defaults match the command line. Everything that can be checked is checked before calibration.
+
+GGUF: ``format="gguf:q4_k_m"`` (or ``scheme="GGUF:Q4_K_M"``, whose format it then is by default)
+lets llama.cpp's mix decide every tensor's type; ``iters`` left unset means 0 there (optimised RTN
+with an importance matrix from the calibration data), 200 otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import time
@@ -14,18 +19,20 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .export.formats import parse_formats
+from .export.formats import Format, gguf_mix, is_gguf, parse_formats
 from .export.registry import ExportInput, export_dir_name, export_model
 from .model.arch import arch_facts
 from .model.loading import LoadedModel, load_model, resolve_dtype
 from .plan import QuantPlan, build_plan
-from .schemes import QuantScheme, resolve_scheme
+from .schemes import KEEP, PRESETS, QuantScheme, gguf_preset_mix, resolve_scheme
 from .tune.driver import QuantizeResult, RuntimeOptions, quantize_model
 from .tune.signround import SignRoundConfig
 
 __all__ = ["AutoRound"]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_ITERS = 200  # SignRound iterations per block when iters is left unset (GGUF formats: 0)
 
 
 def _pick_device(device: str) -> str:
@@ -51,7 +58,7 @@ class AutoRound:
         self,
         model: "str | torch.nn.Module",
         tokenizer: Any = None,
-        scheme: "str | QuantScheme | Mapping[str, Any]" = "W4A16",
+        scheme: "str | QuantScheme | Mapping[str, Any] | None" = None,
         *,
         bits: int | None = None,
         group_size: int | None = None,
@@ -59,7 +66,7 @@ class AutoRound:
         layer_config: Mapping[str, Any] | None = None,
         ignore_layers: "str | Iterable[str] | None" = None,
         quant_lm_head: bool = False,
-        iters: int = 200,
+        iters: int | None = None,
         lr: float | None = None,
         minmax_lr: float | None = None,
         nsamples: int = 128,
@@ -80,7 +87,12 @@ class AutoRound:
         enable_torch_compile: bool = False,
         show_progress: bool = True,
     ) -> None:
-        self.scheme = resolve_scheme(scheme, bits=bits, group_size=group_size, sym=sym)
+        self.scheme = resolve_scheme("W4A16" if scheme is None else scheme, bits=bits, group_size=group_size, sym=sym)
+        self.scheme_given = scheme is not None
+        self.overrides = {"bits": bits, "group_size": group_size, "sym": sym}
+        self.gguf_mix = gguf_preset_mix(scheme)  # "GGUF:Q4_K_M" -> "q4_k_m"
+        self.iters_given = iters is not None
+        iters = DEFAULT_ITERS if iters is None else iters
         self.signround = SignRoundConfig(
             iters=iters, lr=lr, minmax_lr=minmax_lr, batch_size=batch_size,
             gradient_accumulate_steps=gradient_accumulate_steps, enable_minmax_tuning=enable_minmax_tuning,
@@ -134,10 +146,46 @@ class AutoRound:
     def tokenizer(self) -> Any:
         return self.loaded.tokenizer
 
+    def formats(self, formats: "str | Iterable[str] | None" = None) -> list[Format]:
+        """The requested formats; None means the scheme's own (``gguf:<mix>`` for a GGUF preset, else auto_round)."""
+        if formats:
+            return parse_formats(formats)
+        return parse_formats(f"gguf:{self.gguf_mix}" if self.gguf_mix else "auto_round")
+
+    def _scheme_for(self, fmts: list[Format]) -> QuantScheme:
+        """The default scheme for these formats: a GGUF format sets the GGUF scheme of its mix."""
+        gguf_fmt = next((f for f in fmts if is_gguf(f)), None)
+        if gguf_fmt is None:
+            if self.scheme.data_type == "gguf":
+                want = f"gguf:{self.gguf_mix}" if self.gguf_mix else "a gguf:<mix> format"
+                raise ValueError(f"a GGUF scheme ({self.scheme.short_name()}) can only be exported as GGUF ({want}); "
+                                 f"got format {', '.join(f.value for f in fmts)}")
+            return self.scheme
+        mix = gguf_mix(gguf_fmt)
+        if self.gguf_mix and self.gguf_mix != mix:
+            raise ValueError(f"scheme GGUF:{self.gguf_mix.upper()} and format {gguf_fmt.value} name different mixes; "
+                             f"use --scheme GGUF:{mix.upper()} or --format gguf:{self.gguf_mix}")
+        if self.scheme_given and self.scheme.data_type != "gguf":
+            logger.warning("format %s decides each tensor's GGUF type: scheme %s is ignored", gguf_fmt.value,
+                           self.scheme.short_name())
+        given = {k: v for k, v in self.overrides.items() if v is not None}
+        if given and self.scheme.data_type != "gguf":  # (a GGUF preset warned when it was resolved)
+            logger.warning("format %s fixes bits, group size and symmetry per GGUF type: the override(s) %s are "
+                           "ignored", gguf_fmt.value, ", ".join(f"{k}={v}" for k, v in given.items()))
+        return PRESETS.get(f"GGUF:{mix.upper()}", KEEP)  # float mixes (gguf:f16) quantize nothing
+
     def plan(self, formats: "str | Iterable[str] | None" = None) -> QuantPlan:
-        fmts = parse_formats(formats) if formats else []
-        return build_plan(self.model, self.arch, self.scheme, layer_config=self.layer_config,
-                          ignore_layers=self.ignore_layers, quant_lm_head=self.quant_lm_head, formats=fmts)
+        fmts = parse_formats(formats) if formats else (self.formats() if self.gguf_mix else [])
+        scheme = self._scheme_for(fmts)
+        return build_plan(self.model, self.arch, scheme, layer_config=self.layer_config,
+                          ignore_layers=self.ignore_layers, quant_lm_head=self.quant_lm_head, formats=fmts,
+                          has_imatrix=self.optimize_rtn)
+
+    def _settle_iters(self, fmts: list[Format]) -> None:
+        """iters left unset: 0 (optimised RTN) for GGUF formats, DEFAULT_ITERS otherwise."""
+        if not self.iters_given and any(is_gguf(f) for f in fmts) and self.signround.iters:
+            logger.info("GGUF format without iters: optimised RTN (iters 0); pass iters > 0 to tune with SignRound")
+            self.signround = dataclasses.replace(self.signround, iters=0)
 
     def _calibration(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.signround.iters == 0 and not self.optimize_rtn:
@@ -156,9 +204,11 @@ class AutoRound:
         """Quantize the model in place; returns it (its weights now hold the dequantized codes) and the result."""
         if self.result is not None:
             return self.model, self.result
-        self._plan = self.plan(formats)
+        fmts = self.formats(formats) if formats or self.gguf_mix else []
+        self._settle_iters(fmts)
+        self._plan = self.plan(fmts)
         logger.info("plan:\n%s", self._plan.table())
-        input_ids, mask = self._calibration()
+        input_ids, mask = self._calibration() if self._plan.quantized() else (None, None)
         t0 = time.time()
         self.result = quantize_model(self.model, self.arch, self._plan, input_ids, mask, self.signround,
                                      optimize_rtn=self.optimize_rtn, runtime=self.runtime)
@@ -176,9 +226,9 @@ class AutoRound:
             "dataset": self.calibration_source or None,
         }
 
-    def save_quantized(self, output_dir: "str | Path" = "tmp_signround", format: str = "auto_round") -> list[Path]:
+    def save_quantized(self, output_dir: "str | Path" = "tmp_signround", format: str | None = None) -> list[Path]:
         """Write every requested format (comma separated) from the same codes; returns the directories."""
-        fmts = parse_formats(format)
+        fmts = self.formats(format)
         if self.result is None:
             self.quantize(fmts)
         else:
@@ -187,14 +237,15 @@ class AutoRound:
         log = {"seconds": round(self.result.seconds, 2), "peak_rss_mib": round(_peak_rss_mib(), 1),
                "blocks": self.result.blocks, "layers": self.result.layers}
         data = ExportInput(self.model, self.tokenizer, self._plan, self.result.weights, self.settings(),
-                           self.loaded.source, log)
+                           self.loaded.source, log, imatrix=self.result.imatrix)
         out = []
         for fmt in fmts:
             target = Path(output_dir) / export_dir_name(self.loaded.name, self._plan, fmt)
             out.append(export_model(data, fmt, target))
         return out
 
-    def quantize_and_save(self, output_dir: "str | Path" = "tmp_signround", format: str = "auto_round") -> list[Path]:
-        fmts = parse_formats(format)  # an unknown format fails before any work
+    def quantize_and_save(self, output_dir: "str | Path" = "tmp_signround", format: str | None = None) -> list[Path]:
+        """Quantize and write each format (comma separated; None: the scheme's own, see ``formats``)."""
+        fmts = self.formats(format)  # an unknown format fails before any work
         self.quantize(fmts)
         return self.save_quantized(output_dir, ",".join(f.value for f in fmts))

@@ -29,12 +29,14 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", "--model_name", required=True,
                    help="local HF directory, hub id, .gguf file, or pkg:NAME (the .gguf inside an installed package)")
     g.add_argument("--output_dir", default="tmp_signround", help="parent directory of the exported model(s)")
-    g.add_argument("--format", default="auto_round",
-                   help="comma-separated export formats, e.g. auto_round or fake (see `signround list format`)")
+    g.add_argument("--format", default=None,
+                   help="comma-separated export formats, e.g. auto_round, fake or gguf:q4_k_m (see `signround list "
+                        "format`) [auto_round; gguf:<mix> for a GGUF:<MIX> scheme]")
     g.add_argument("--dtype", default="auto", help="dtype to load the model in: auto, float32, bfloat16, float16")
 
     g = p.add_argument_group("scheme")
-    g.add_argument("--scheme", default="W4A16", help="preset (see `signround list scheme`)")
+    g.add_argument("--scheme", default=None,
+                   help="preset (see `signround list scheme`) [W4A16; with a gguf format, the format's GGUF:<MIX>]")
     g.add_argument("--bits", type=int, help="override the preset's weight bits (2-8)")
     g.add_argument("--group_size", type=int, help="override the group size: -1 per channel, 0 per tensor, or a power of 2")
     g.add_argument("--asym", action="store_true", help="asymmetric quantization (default: full-range symmetric)")
@@ -44,7 +46,8 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--print_plan", action="store_true", help="print the per-layer plan and exit")
 
     g = p.add_argument_group("tuning (SignRound)")
-    g.add_argument("--iters", type=int, help="tuning iterations per block; 0 = (optimised) RTN [recipe: 200]")
+    g.add_argument("--iters", type=int,
+                   help="tuning iterations per block; 0 = (optimised) RTN [recipe: 200; GGUF formats: 0]")
     g.add_argument("--lr", type=float, help="learning rate of the rounding offsets [1/iters]")
     g.add_argument("--minmax_lr", type=float, help="learning rate of the range multipliers [lr]")
     g.add_argument("--nsamples", type=int, help="calibration rows [recipe: 128]")
@@ -89,6 +92,9 @@ def _quantize(argv: Sequence[str], prog: str, recipe: str) -> int:
     opts = apply_recipe(args.recipe or recipe, {k: getattr(args, k) for k in ("iters", "lr", "nsamples", "seqlen",
                                                                                "batch_size")} |
                         {"disable_opt_rtn": args.disable_opt_rtn or None})
+    gguf = (args.format or "").strip().lower().startswith("gguf:") or (args.scheme or "").strip().upper().startswith("GGUF:")
+    if gguf and args.iters is None and (args.recipe or recipe) == "default":
+        opts["iters"] = None  # GGUF defaults to optimised RTN (iters 0) in the API
     layer_config = None
     if args.layer_config:
         try:
@@ -135,6 +141,8 @@ def _list(argv: Sequence[str]) -> int:
         for name, s in PRESETS.items():
             desc = "kept in 16-bit float" if not s.is_quantized else (
                 f"int{s.bits}, group {s.group_size}, {'full-range sym' if s.sym else 'asym'}")
+            if s.data_type == "gguf":
+                desc = f"llama.cpp mix {name[5:].lower()} (per-tensor ggml types; default {s.ggml_type})"
             print(f"{name:10s} {desc}")
     else:
         from .recipes import RECIPES

@@ -16,7 +16,7 @@ import torch
 
 from ..plan import QuantPlan
 from ..quant.types import QuantizedWeight
-from .formats import Format
+from .formats import Format, gguf_mix, is_gguf
 from .io import atomic_output_dir
 
 __all__ = ["ExportInput", "register_writer", "WRITERS", "export_model", "export_dir_name"]
@@ -33,6 +33,7 @@ class ExportInput:
     settings: dict[str, Any] = field(default_factory=dict)  # tuning hyper-parameters, for the config
     source: str = ""  # the model the user quantized (for `signround eval`)
     log: dict[str, Any] = field(default_factory=dict)  # per-block and per-layer report
+    imatrix: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> (in,) importance (GGUF)
 
 
 Writer = Callable[[ExportInput, Path], None]
@@ -50,12 +51,15 @@ def register_writer(fmt: Format) -> Callable[[Writer], Writer]:
 
 
 def export_dir_name(model_name: str, plan: QuantPlan, fmt: Format) -> str:
+    if is_gguf(fmt):
+        return f"{model_name}-gguf-{gguf_mix(fmt)}"
     return f"{model_name}-{plan.default.short_name()}-{fmt.value}"
 
 
 def export_model(data: ExportInput, fmt: Format, target: "str | Path") -> Path:
     """Write ``data`` in format ``fmt`` to the directory ``target``, atomically."""
     from . import auto_awq, auto_gptq, auto_round, fake  # noqa: F401  (writers register themselves)
+    from .gguf import pipeline  # noqa: F401
 
     if fmt not in WRITERS:
         known = ", ".join(f.value for f in WRITERS)

@@ -217,6 +217,9 @@ class GGUFModelWriter:
             w.write_kv_data_to_file()
             w.write_tensors_to_file()
             w.close()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a model file is not
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
