@@ -6,6 +6,8 @@
     signround --model DIR --iters 0                     (optimised RTN; add --disable_opt_rtn for plain RTN)
     signround list format|scheme|recipe
     signround eval --model out/<dir> --ppl
+    signround verify out/<dir> [--float_model DIR]      (every installed loader, logits compared)
+    signround convert --model <GPTQ or AWQ dir> --output_dir out/   (to the auto_round format)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ __all__ = ["main", "main_best", "main_light", "build_quantize_parser"]
 
 logger = logging.getLogger("signround")
 
-SUBCOMMANDS = ("quantize", "list", "eval")
+SUBCOMMANDS = ("quantize", "list", "eval", "verify", "convert")
 
 
 def _add_quantize_args(p: argparse.ArgumentParser) -> None:
@@ -66,6 +68,7 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     g.add_argument("--tune_dtype", default="float32", help="precision of the block forward while tuning")
     g.add_argument("--low_gpu_mem_usage", action="store_true", help="keep cached activations on the CPU")
+    g.add_argument("--enable_torch_compile", action="store_true", help="fuse the fake quantization with torch.compile")
     g.add_argument("--recipe", default=None, help="default, best, light, rtn, opt_rtn")
     g.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
 
@@ -113,6 +116,7 @@ def _quantize(argv: Sequence[str], prog: str, recipe: str) -> int:
         disable_opt_rtn=bool(opts.get("disable_opt_rtn")), enable_minmax_tuning=not args.disable_minmax_tuning,
         enable_quanted_input=not args.disable_quanted_input, early_stop=args.early_stop, eval_every=args.eval_every,
         device=args.device, low_gpu_mem_usage=args.low_gpu_mem_usage, dtype=args.dtype, tune_dtype=args.tune_dtype,
+        enable_torch_compile=args.enable_torch_compile,
         show_progress=not args.quiet,
     )
     if args.print_plan:
@@ -196,6 +200,66 @@ def _eval(argv: Sequence[str]) -> int:
     return 0
 
 
+def _verify(argv: Sequence[str]) -> int:
+    from .verify import Tolerances
+
+    t = Tolerances()
+    p = argparse.ArgumentParser(prog="signround verify",
+                                description="Load a checkpoint with signround and every installed third-party loader, "
+                                            "run the same prompts, and compare logits (exit 1 on disagreement).")
+    p.add_argument("folder", help="an exported directory (auto_round, auto_gptq, auto_awq)")
+    p.add_argument("--float_model", help="the float model [the source_model recorded in signround.json]")
+    p.add_argument("--no_float", action="store_true", help="compare loaders only, not against the float model")
+    p.add_argument("--loaders", help="comma-separated subset of: " + ", ".join(_loader_names()))
+    p.add_argument("--prompts", type=int, default=4, help="prompts (windows of held-out text) [4]")
+    p.add_argument("--length", type=int, default=64, help="tokens per prompt [64]")
+    for f in ("loader_rel_max", "loader_kl_max", "loader_argmax_min", "float_kl_max", "float_argmax_min"):
+        p.add_argument(f"--{f}", type=float, default=getattr(t, f), help=f"[{getattr(t, f)}]")
+    p.add_argument("-q", "--quiet", action="store_true")
+    args = p.parse_args(argv)
+    _setup_logging(args.quiet)
+    from pathlib import Path
+
+    from .verify import prompt_ids, verify_checkpoint
+
+    folder = Path(args.folder)
+    tol = Tolerances(**{f: getattr(args, f) for f in ("loader_rel_max", "loader_kl_max", "loader_argmax_min",
+                                                       "float_kl_max", "float_argmax_min")})
+    float_model = None if args.no_float else args.float_model
+    run_file = folder / "signround.json"
+    if float_model is None and not args.no_float and run_file.is_file():
+        source = json.loads(run_file.read_text()).get("source_model") or None
+        if source and (source.startswith("pkg:") or Path(source).exists()):
+            float_model = source
+        elif source:
+            logger.warning("source model %r recorded in signround.json is not found here; pass --float_model", source)
+    loaders = [x.strip() for x in args.loaders.split(",")] if args.loaders else None
+    report = verify_checkpoint(folder, float_model, loaders, tol, prompt_ids(folder, args.prompts, args.length))
+    print(report.table(tol))
+    return 0 if report.ok else 1
+
+
+def _loader_names() -> list[str]:
+    from .inference.third_party import LOADERS
+
+    return list(LOADERS)
+
+
+def _convert(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="signround convert",
+                                description="Convert a GPTQ (v1/v2) or AWQ (GEMM) checkpoint to the auto_round format, "
+                                            "keeping codes, scales and zero points exactly.")
+    p.add_argument("--model", required=True, help="the GPTQ or AWQ checkpoint directory")
+    p.add_argument("--output_dir", required=True, help="the directory to write (replaced atomically)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    args = p.parse_args(argv)
+    _setup_logging(args.quiet)
+    from .convert import convert_to_auto_round
+
+    print(convert_to_auto_round(args.model, args.output_dir))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "signround", recipe: str = "default") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -203,6 +267,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "signround", recipe: str
             return _list(argv[1:])
         if argv and argv[0] == "eval":
             return _eval(argv[1:])
+        if argv and argv[0] == "verify":
+            return _verify(argv[1:])
+        if argv and argv[0] == "convert":
+            return _convert(argv[1:])
         if argv and argv[0] == "quantize":
             argv = argv[1:]
         return _quantize(argv, prog, recipe)

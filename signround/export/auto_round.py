@@ -28,7 +28,7 @@ from .io import float_state_dict, save_model_files, save_tensors
 from .packing import pack_bits
 from .registry import ExportInput, register_writer
 
-__all__ = ["packed_layer_tensors", "packed_state_dict", "write_packed_checkpoint", "auto_round_quantization_config", "GPTQ_PACKING", "PLAIN_PACKING"]
+__all__ = ["packed_layer_tensors", "packed_state_dict", "write_packed_checkpoint", "auto_round_packing", "auto_round_quantization_config", "GPTQ_PACKING", "PLAIN_PACKING"]
 
 GPTQ_PACKING = "auto_round:auto_gptq"
 PLAIN_PACKING = "auto_round"
@@ -104,9 +104,15 @@ def auto_round_quantization_config(plan: QuantPlan, packing: str, settings: dict
     return config
 
 
+def auto_round_packing(plan: QuantPlan) -> tuple[str, int]:
+    """The packing_format for a plan and the offset subtracted from stored zero points."""
+    if all(p.scheme.sym for p in plan.quantized()):
+        return GPTQ_PACKING, 1
+    return PLAIN_PACKING, 0
+
+
 @register_writer(Format.AUTO_ROUND)
 def write_auto_round(data: ExportInput, folder: Path) -> None:
-    packing = GPTQ_PACKING if all(p.scheme.sym for p in data.plan.quantized()) else PLAIN_PACKING
-    offset = 1 if packing == GPTQ_PACKING else 0
+    packing, offset = auto_round_packing(data.plan)
     qconfig = auto_round_quantization_config(data.plan, packing, data.settings)
     write_packed_checkpoint(data, folder, lambda qw: packed_layer_tensors(qw, offset), qconfig)

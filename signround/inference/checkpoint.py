@@ -52,6 +52,7 @@ class QuantConfigView:
     layout: Layout
     default: LayerSpec
     resolve: Resolver  # layer names -> their spec (None: kept in float)
+    needs_g_idx: bool = False  # act-order GPTQ: only a (trivial) g_idx proves the groups are static
 
 
 @dataclass
@@ -63,6 +64,7 @@ class QuantizedCheckpoint:
     tensors: dict[str, torch.Tensor]  # every other tensor (float weights, biases, norms)
     layout: Layout
     method: str
+    specs: dict[str, LayerSpec]  # what the config says about each packed layer (group_size -1: per row)
 
 
 def read_config(folder: "str | Path") -> dict[str, Any]:
@@ -162,7 +164,7 @@ def _gptq(qc: dict[str, Any], where: Path) -> QuantConfigView:
     def resolve(names: list[str]) -> dict[str, LayerSpec | None]:
         return {n: next((spec for rx, spec in rules if rx.match(n)), default) for n in names}
 
-    return QuantConfigView("gptq", layout, default, resolve)
+    return QuantConfigView("gptq", layout, default, resolve, needs_g_idx=bool(qc.get("desc_act", False)))
 
 
 def _awq(qc: dict[str, Any], where: Path) -> QuantConfigView:
@@ -217,7 +219,11 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
         if spec is None:
             raise CheckpointError(f"{where[name + '.qweight']}: {name} has packed weights, but the {view.method} "
                                   f"quantization_config says it stays in float")
+        if view.needs_g_idx and f"{name}.g_idx" not in tensors:
+            raise CheckpointError(f"{where[name + '.qweight']}: the config says desc_act=true (act-order) but {name} "
+                                  f"has no g_idx, so its group order is unknown")
         layers[name] = decode_layer(view.layout, name, tensors, where, spec, (in_features or {}).get(name))
         for k in ("qweight", "qzeros", "scales", "g_idx"):
             tensors.pop(f"{name}.{k}", None)
-    return QuantizedCheckpoint(folder, config, config["quantization_config"], layers, tensors, view.layout, view.method)
+    return QuantizedCheckpoint(folder, config, config["quantization_config"], layers, tensors, view.layout, view.method,
+                               {n: s for n, s in specs.items() if n in layers and s is not None})

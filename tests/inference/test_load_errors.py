@@ -88,3 +88,55 @@ def test_output_dir_is_atomic(tiny, calib_ids, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         export_tiny(model, plan, result, Format.FAKE, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # no directory, partial or complete, is left behind
+
+
+@pytest.fixture(params=[Format.AUTO_GPTQ, Format.AUTO_AWQ])
+def exported_gptq_awq(request, tiny, calib_ids, tmp_path):
+    model = tiny("llama")
+    plan, result = quantize_tiny(model, calib_ids, iters=0, formats=(request.param,))
+    return export_tiny(model, plan, result, request.param, tmp_path / "q")
+
+
+def _edit_tensors(folder, fn):
+    f = folder / "model.safetensors"
+    tensors = load_file(str(f))
+    fn(tensors)
+    save_file(tensors, str(f), metadata={"format": "pt"})
+
+
+def test_gptq_and_awq_configs_we_cannot_read(exported_gptq_awq):
+    method = json.loads((exported_gptq_awq / "config.json").read_text())["quantization_config"]["quant_method"]
+    if method == "awq":
+        _edit_config(exported_gptq_awq, lambda c: c["quantization_config"].update(version="gemv"))
+        with pytest.raises(CheckpointError, match="config.json: AWQ version 'gemv' is not supported \\(supported: gemm\\)"):
+            load_quantized(exported_gptq_awq)
+        _edit_config(exported_gptq_awq, lambda c: c["quantization_config"].update(version="gemm", bits=8))
+        with pytest.raises(CheckpointError, match="AWQ bits 8 is not supported"):
+            load_quantized(exported_gptq_awq)
+    else:
+        _edit_config(exported_gptq_awq, lambda c: c["quantization_config"].update(checkpoint_format="marlin"))
+        with pytest.raises(CheckpointError, match="checkpoint_format 'marlin' is not supported \\(supported: gptq, gptq_v2\\)"):
+            load_quantized(exported_gptq_awq)
+        _edit_config(exported_gptq_awq, lambda c: c["quantization_config"].update(checkpoint_format="gptq",
+                                                                                   dynamic={"-:(unclosed": {}}))
+        with pytest.raises(CheckpointError, match="dynamic key '-:\\(unclosed' is not a valid regex"):
+            load_quantized(exported_gptq_awq)
+        _edit_config(exported_gptq_awq, lambda c: c["quantization_config"].update(dynamic={"-:.*mlp.up_proj": {}}))
+        with pytest.raises(CheckpointError, match="model.layers.0.mlp.up_proj has packed weights, but the gptq "
+                                                  "quantization_config says it stays in float"):
+            load_quantized(exported_gptq_awq)
+
+
+def test_gptq_and_awq_tensor_shapes_are_checked(exported_gptq_awq):
+    name = "model.layers.1.self_attn.o_proj"
+    _edit_tensors(exported_gptq_awq, lambda t: t.update({f"{name}.qweight": t[f"{name}.qweight"][:-8].contiguous()}))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors: {name}.qweight (holds 64 input rows, the model expects "
+                                              rf"128|has shape \(120, 16\), expected \(128, 16\))"):
+        load_quantized(exported_gptq_awq)
+
+
+def test_orphan_packed_tensors_are_an_error(exported_gptq_awq):
+    _edit_tensors(exported_gptq_awq, lambda t: t.pop("model.layers.0.mlp.gate_proj.qweight"))
+    with pytest.raises(CheckpointError, match="model.safetensors: model.layers.0.mlp.gate_proj.(qzeros|scales) has no "
+                                              "matching .qweight"):
+        load_quantized(exported_gptq_awq)

