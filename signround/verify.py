@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .inference.third_party import LOADERS, LogitsFn, checkpoint_method
+from .verify_gguf import gguf_prompt_ids, holds_gguf, verify_gguf
 
 __all__ = ["Tolerances", "Comparison", "VerifyReport", "verify_checkpoint", "compare_logits", "prompt_ids"]
 
@@ -108,6 +109,8 @@ def compare_logits(logits: torch.Tensor, ref: torch.Tensor) -> tuple[float, floa
 
 def prompt_ids(folder: Path, n_prompts: int = 4, length: int = 64, tokenizer: Any = None) -> torch.Tensor:
     """(n_prompts, length) ids: windows of the held-out text through the checkpoint's tokenizer, else random ids."""
+    if holds_gguf(folder):  # a GGUF file carries its own tokenizer (verify_gguf.py)
+        return gguf_prompt_ids(folder, n_prompts, length, tokenizer)
     if tokenizer is None and ((folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()):
         from transformers import AutoTokenizer
 
@@ -155,6 +158,8 @@ def verify_checkpoint(folder: "str | Path", float_model: "str | torch.nn.Module 
                       ids: torch.Tensor | None = None) -> VerifyReport:
     """Run every applicable installed loader (or those named in ``loaders``) and compare their logits."""
     folder = Path(folder)
+    if holds_gguf(folder):  # llama.cpp and gguf-py against our own decoding of the file (verify_gguf.py)
+        return verify_gguf(folder, float_model, ids, tolerances)
     method, qc = checkpoint_method(folder)
     unknown = [n for n in (loaders or []) if n not in LOADERS]
     if unknown:
