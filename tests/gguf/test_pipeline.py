@@ -227,3 +227,15 @@ def test_cli_bad_gguf_type_exits_2_listing_the_valid_ones(tmp_path, tiny_dir, ca
     assert cli_main(["--model", str(tiny_dir), "--format", "gguf:q9_k", "--output_dir", str(tmp_path), "-q"]) == 2
     assert "unknown GGUF type 'gguf:q9_k'; valid: gguf:q4_0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_tied_token_embd_is_quantized_with_the_lm_head_importance(tmp_path, tok):
+    model = tiny_arch_model("qwen2")  # tied embeddings, hidden 256: token_embd in Q6_K
+    emb = model.get_input_embeddings().weight.detach().clone()
+    ar = AutoRound(model, tok, iters=0, **CALIB)
+    (folder,) = ar.quantize_and_save(tmp_path, format="gguf:q4_k_m")
+    assert "token_embd.weight" in ar._plan.extra and not ar._plan.layers["lm_head"].quantized
+    expected = quantize_tensor(emb, "Q6_K", imatrix=ar.result.imatrix["lm_head"]).to_bytes().numpy()
+    qtype, _, data = read_gguf_tensors(_one_gguf(folder))["token_embd.weight"]
+    assert qtype is GGMLType.Q6_K
+    assert np.array_equal(np.asarray(data).view(np.uint8).reshape(expected.shape), expected)

@@ -117,3 +117,15 @@ def test_signround_verify_command_dispatches_gguf(tmp_path, capsys):
     assert cli_main(["verify", str(folder), "--prompts", "2", "--length", "32", "-q"]) == 0
     out = capsys.readouterr().out
     assert "21 bit-identical" in out and "llama.cpp" in out and "verdict: PASS" in out
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3", "gemma3_text"])
+def test_tuned_pipeline_runs_in_llama_cpp_for_every_architecture(tmp_path, arch):
+    from .gguf_testlib import tiny_arch_model, tiny_tokenizer
+
+    model = tiny_arch_model(arch)
+    float_model = copy.deepcopy(model)
+    ar = AutoRound(model, tiny_tokenizer(), iters=2, nsamples=4, seqlen=32, batch_size=2, show_progress=False)
+    (folder,) = ar.quantize_and_save(tmp_path, format="gguf:q4_k_m")
+    report = verify_gguf(folder, float_model=float_model, n_prompts=2, length=32)
+    assert report.ok, report.table()
