@@ -232,6 +232,11 @@ class AutoRound:
         if self.result is None:
             self.quantize(fmts)
         else:
+            done = [f for f in (self._plan.formats if self._plan else []) if is_gguf(f)]
+            if done != [f for f in fmts if is_gguf(f)]:
+                was = done[0].value if done else "non-GGUF formats"
+                raise ValueError(f"this model was quantized for {was}; a GGUF mix fixes every tensor's type, so it "
+                                 f"cannot be saved as {', '.join(f.value for f in fmts)} (quantize again)")
             self.plan(fmts)  # the formats may differ from the ones checked at quantize time
         assert self._plan is not None and self.result is not None
         log = {"seconds": round(self.result.seconds, 2), "peak_rss_mib": round(_peak_rss_mib(), 1),

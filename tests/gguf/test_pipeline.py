@@ -153,6 +153,8 @@ def test_api_gguf_preset_defaults_to_its_format_and_to_opt_rtn(tmp_path, tok):
     assert sorted(p.name for p in folder.iterdir()) == ["model-Q4_K_M.gguf", "quant_log.json", "signround.json"]
     assert "model.layers.0.mlp.down_proj" in ar.result.imatrix and "lm_head" in ar.result.imatrix
     _assert_file_holds_codes(ar, _one_gguf(folder))
+    with pytest.raises(ValueError, match="quantized for gguf:q4_k_m; .* cannot be saved as auto_round"):
+        ar.save_quantized(tmp_path, format="auto_round")
 
 
 def test_api_tuned_q2_k_s_writes_the_tuned_codes(tmp_path, tok):
