@@ -14,7 +14,7 @@ from signround.eval.metrics import evaluate, windows
 from signround.model.loading import load_model
 from signround.testing import smollm2_hf_dir
 
-__all__ = ["load_smollm2", "heldout_rows", "kl_vs_float", "machine_line", "Timer"]
+__all__ = ["load_smollm2", "heldout_rows", "kl_vs_float", "machine_line", "matmul_gflops", "Timer"]
 
 
 def load_smollm2():
@@ -37,6 +37,17 @@ def machine_line() -> str:
         pass
     cores = torch.get_num_threads()
     return f"{cpu}, {cores} threads, torch {torch.__version__}, {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
+    """This machine's measured matmul throughput (n x n x n), the yardstick for tuning FLOP/s."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 class Timer:

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from common import machine_line
+from common import machine_line, matmul_gflops
 from signround.model.arch import arch_facts, get_module
 from signround.model.capture import capture_block_args, capture_first_block_inputs, run_block
 from signround.model.loading import load_model
@@ -22,16 +22,6 @@ from signround.schemes import resolve_scheme
 from signround.testing import smollm2_hf_dir
 from signround.tune.layer import make_layer_state
 from signround.tune.signround import SignRoundConfig, tune_block
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def main() -> None:

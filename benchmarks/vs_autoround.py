@@ -67,16 +67,6 @@ def _child(run: str, ids_path: str, out_path: str) -> None:
     Path(out_path + ".json").write_text(json.dumps({"seconds": seconds, "peak_rss_mib": rss, "iters_run": iters_run}))
 
 
-def _matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="autoround-fp32,signround-fp32,signround-cpu",
@@ -88,12 +78,12 @@ def main() -> None:
         _child(*args.child)
         return
 
-    from common import heldout_rows, load_smollm2, machine_line
+    from common import heldout_rows, load_smollm2, machine_line, matmul_gflops
     from signround.calib import get_calibration_data
     from signround.eval.metrics import evaluate
 
     print(machine_line())
-    fp32 = _matmul_gflops()
+    fp32 = matmul_gflops()
     print(f"float32 matmul throughput: {fp32:.0f} GFLOP/s")
     lm = load_smollm2()
     float_model, tok = lm.model, lm.tokenizer
