@@ -26,6 +26,7 @@ from .model.loading import LoadedModel, load_model, resolve_dtype
 from .plan import QuantPlan, build_plan
 from .schemes import KEEP, PRESETS, QuantScheme, gguf_preset_mix, resolve_scheme
 from .tune.driver import QuantizeResult, RuntimeOptions, quantize_model
+from .tune.precision import resolve_tune_dtype
 from .tune.signround import SignRoundConfig
 
 __all__ = ["AutoRound"]
@@ -83,7 +84,7 @@ class AutoRound:
         device: str = "auto",
         low_gpu_mem_usage: bool = False,
         dtype: "str | torch.dtype" = "auto",
-        tune_dtype: "str | torch.dtype" = "float32",
+        tune_dtype: "str | torch.dtype" = "auto",
         enable_torch_compile: bool = False,
         show_progress: bool = True,
     ) -> None:
@@ -102,10 +103,9 @@ class AutoRound:
         if iters > 0 or not disable_opt_rtn:
             if nsamples < 1 or seqlen < 2:
                 raise ValueError(f"calibration needs nsamples >= 1 and seqlen >= 2, got nsamples={nsamples}, seqlen={seqlen}")
-        tdt = resolve_dtype(tune_dtype)
-        if tdt == "auto":
-            tdt = torch.float32
-        self.runtime = RuntimeOptions(device=_pick_device(device), tune_dtype=tdt, low_gpu_mem_usage=low_gpu_mem_usage,
+        dev = _pick_device(device)
+        tdt = resolve_tune_dtype(tune_dtype, dev) if iters != 0 else torch.float32
+        self.runtime = RuntimeOptions(device=dev, tune_dtype=tdt, low_gpu_mem_usage=low_gpu_mem_usage,
                                       forward_batch_size=batch_size, show_progress=show_progress)
         self.layer_config = dict(layer_config or {})
         self.ignore_layers = ignore_layers
