@@ -89,6 +89,8 @@ class VerifyReport:
         lines.insert(2, "-" * (sum(w) + 14))
         lines.append(f"tolerances: between loaders rel <= {tol.loader_rel_max}, kl <= {tol.loader_kl_max}, argmax >= "
                      f"{tol.loader_argmax_min}; vs float kl <= {tol.float_kl_max}, argmax >= {tol.float_argmax_min}")
+        if self.seconds:
+            lines.append("load + forward seconds: " + ", ".join(f"{n} {t:.1f}" for n, t in self.seconds.items()))
         if not self.seconds and not self.errors:
             lines.append(f"no installed loader reads quant_method {self.method!r}")
         lines.append("verdict: " + ("PASS" if self.ok else "FAIL"))
