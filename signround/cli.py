@@ -62,7 +62,7 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--disable_minmax_tuning", action="store_true", help="tune only the rounding, not the ranges")
     g.add_argument("--disable_quanted_input", action="store_true", help="tune on float inputs instead of quantized ones")
     g.add_argument("--early_stop", type=int, default=0, help="stop a block after N held-out checks without improvement")
-    g.add_argument("--eval_every", type=int, default=0, help="iterations between held-out checks [iters/10]")
+    g.add_argument("--eval_every", type=int, default=0, help="iterations between held-out checks [iters/5]")
 
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")

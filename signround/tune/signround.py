@@ -35,7 +35,7 @@ class SignRoundConfig:
     gradient_accumulate_steps: int = 1
     enable_minmax_tuning: bool = True
     enable_quanted_input: bool = True
-    eval_every: int = 0  # 0 -> about 10 checks per block
+    eval_every: int = 0  # 0 -> about 5 held-out checks per block (plus the start and the end)
     early_stop: int = 0  # stop after this many checks without improvement (0: never)
     seed: int = 42
     enable_torch_compile: bool = False  # fuse the fake quantization with torch.compile
@@ -63,7 +63,7 @@ class SignRoundConfig:
 
     @property
     def check_every(self) -> int:
-        return self.eval_every if self.eval_every > 0 else max(1, math.ceil(self.iters / 10))
+        return self.eval_every if self.eval_every > 0 else max(1, math.ceil(self.iters / 5))
 
 
 @dataclass
