@@ -68,7 +68,7 @@ def gptq_v1_weight(qw: QuantizedWeight, layer: str) -> QuantizedWeight:
 def gptq_layer_tensors(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
     """qweight/qzeros (zero - 1)/scales plus the trivial g_idx of one layer."""
     tensors = packed_layer_tensors(qw, zero_offset=1)
-    tensors["g_idx"] = (torch.arange(qw.shape[1], dtype=torch.int32) // qw.group_size).to(torch.int32)  # (K,)
+    tensors["g_idx"] = torch.arange(qw.shape[1], dtype=torch.int32) // qw.group_size  # (K,)
     return tensors
 
 
@@ -95,14 +95,14 @@ def gptq_quantization_config(plan: QuantPlan) -> dict[str, Any]:
                 raise ValueError(f"auto_gptq: GPTQ loaders quantize only layers inside {plan.blocks_prefix} and the "
                                  f"lm_head; {p.name} is outside the blocks. Keep it float or use format auto_round.")
             continue
-        local = p.name[len(plan.blocks_prefix) + 1:].split(".", 1)[-1]  # name inside its block: mlp.up_proj
+        local = p.name[len(plan.blocks_prefix) + 1:].split(".", 1)[-1] if p.block is not None else ""  # mlp.up_proj
         if not p.quantized:
-            if p.block is not None:
+            if local:
                 in_block_float.add(local)
                 dynamic[dynamic_key("-", p.name)] = {}
             continue
         lm_head = lm_head or is_head
-        if p.block is not None:
+        if local:
             in_block_quant.add(local)
         keys = _gptq_scheme(p.scheme)
         if keys != default:
@@ -123,6 +123,10 @@ def gptq_quantization_config(plan: QuantPlan) -> dict[str, Any]:
         config["modules_in_block_to_quantize"] = [sorted(in_block_quant)]
     if dynamic:
         config["dynamic"] = dynamic
+    if dynamic or lm_head:
+        logger.warning("auto_gptq: this checkpoint has per-layer overrides (%d dynamic entries%s): GPTQModel.load, vLLM and "
+                       "signround honour them; transformers + optimum 2.3 give every in-block layer the global scheme "
+                       "and fail to load it", len(dynamic), ", quantized lm_head" if lm_head else "")
     return config
 
 

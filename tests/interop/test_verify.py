@@ -89,3 +89,12 @@ def test_real_loaders_agree_on_our_exports(fmt, tiny, calib_ids, tmp_path, capsy
     assert sorted(r[0] for r in rows if r[1] == "signround") == sorted(expected)
     assert sorted(r[0] for r in rows if r[1] == "float") == sorted(expected + ["signround"])
     assert all(r[-1] == "ok" for r in rows) and "verdict: PASS" in out
+
+
+def test_float_checkpoint_verifies_with_our_loader_only(tiny, calib_ids, tmp_path):
+    model = tiny("llama")
+    model.save_pretrained(tmp_path / "float")
+    report = verify_checkpoint(tmp_path / "float", float_model=model)
+    assert report.method == "float" and list(report.seconds) == ["signround"] and report.ok
+    assert [(c.loader, c.against, c.rel) for c in report.comparisons] == [("signround", "float", 0.0)]
+
