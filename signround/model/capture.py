@@ -53,7 +53,10 @@ def _hidden_from(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
 
 @torch.no_grad()
 def capture_block_args(model: torch.nn.Module, blocks: torch.nn.ModuleList, row: torch.Tensor) -> list[BlockArgs]:
-    """Run one row (1, T) through the whole model and keep every block's non-hidden arguments."""
+    """Run one row (1, T) through the blocks and keep every block's non-hidden arguments.
+
+    The forward stops on entering the last block: the head's logits (T x vocab floats) are never made.
+    """
     found: dict[int, BlockArgs] = {}
 
     def hook(i: int):
@@ -61,12 +64,16 @@ def capture_block_args(model: torch.nn.Module, blocks: torch.nn.ModuleList, row:
             _, extra, kw = _hidden_from(args, kwargs)
             kw.pop("use_cache", None)
             found.setdefault(i, BlockArgs(extra, kw))
+            if i == len(blocks) - 1:
+                raise _StopForward
 
         return pre
 
     handles = [b.register_forward_pre_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
     try:
         model(input_ids=row, use_cache=False)
+    except _StopForward:
+        pass
     finally:
         for h in handles:
             h.remove()

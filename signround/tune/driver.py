@@ -30,7 +30,7 @@ from ..quant.types import QuantizedWeight
 from . import gguf_layer  # noqa: F401  (registers the "gguf" layer state)
 from .imatrix import ImatrixCollector
 from .layer import LayerQuantizer, make_layer_state
-from .signround import BlockReport, SignRoundConfig, tune_block
+from .signround import BlockReport, SignRoundConfig, autocast_context as _autocast, tune_block
 
 __all__ = ["RuntimeOptions", "QuantizeResult", "quantize_model", "write_weight"]
 
@@ -45,6 +45,7 @@ class RuntimeOptions:
     tune_dtype: torch.dtype = torch.float32  # matmul precision inside the tuning loop (bf16 = autocast)
     low_gpu_mem_usage: bool = False  # keep the cached activations on the CPU, move them per batch
     forward_batch_size: int = 8  # rows per batch for the passes that only run forward
+    low_precision_passes: bool = False  # run the reference and chain passes in tune_dtype too
     show_progress: bool = True
 
     @property
@@ -94,6 +95,19 @@ def _rtn_without_data(model: torch.nn.Module, plan: QuantPlan, result: QuantizeR
         _quantize_states([state], {p.name: module}, result)
 
 
+class _Phases:
+    """Seconds spent in each phase of a block, for the run log."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._t, 3)
+        self._t = now
+
+
 def _split_rows(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed held-out set (1/8 of the rows, at least one) for choosing the best iteration."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
@@ -103,13 +117,15 @@ def _split_rows(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return order[n_val:], order[:n_val]
 
 
-def _forward_rows(block, hidden, out, block_args, rows_per_batch, device, imatrix=None, mask=None) -> None:
+def _forward_rows(block, hidden, out, block_args, rows_per_batch, device, imatrix=None, mask=None,
+                  autocast_dtype=None) -> None:
     """out[rows] = block(hidden[rows]) for every row, batch by batch (out may be hidden itself)."""
     for start in range(0, hidden.shape[0], rows_per_batch):
         sl = slice(start, start + rows_per_batch)
         if imatrix is not None:
             imatrix.mask = None if mask is None else mask[sl]
-        y = run_block(block, hidden[sl].to(device), block_args)
+        with _autocast(device, autocast_dtype):
+            y = run_block(block, hidden[sl].to(device), block_args)
         out[sl] = y.to(out.device, out.dtype)
 
 
@@ -148,6 +164,8 @@ def quantize_model(
     q = fp.clone() if tuning and signround.enable_quanted_input else None
     train_idx, val_idx = _split_rows(fp.shape[0], signround.seed)
     rows = runtime.forward_batch_size
+    autocast = runtime.tune_dtype if runtime.tune_dtype != torch.float32 else None
+    pass_autocast = autocast if runtime.low_precision_passes else None
 
     bar = tqdm(range(plan.n_blocks), desc="SignRound" if tuning else "opt-RTN", unit="block",
                disable=not runtime.show_progress)
@@ -165,27 +183,31 @@ def quantize_model(
         collector = ImatrixCollector()
         targets = fp if not tuning or signround.enable_quanted_input else torch.empty_like(fp)
         inputs_for_tuning = q if signround.enable_quanted_input else fp
+        phases = _Phases()
         with torch.no_grad(), collector.watch(modules if optimize_rtn else {}):
-            _forward_rows(block, fp, targets, args_i, rows, device, collector, mask)
+            _forward_rows(block, fp, targets, args_i, rows, device, collector, mask, pass_autocast)
+        phases.mark("reference")
         states = [
             make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize_rtn)
             for local, p in zip(modules, layer_plans)
         ]
         result.imatrix.update({p.name: im for local, p in zip(modules, layer_plans)
                                if (im := collector.result(local)) is not None})
+        phases.mark("init")
         report: BlockReport | None = None
         if tuning and states:
             block.requires_grad_(False)
-            autocast = runtime.tune_dtype if runtime.tune_dtype != torch.float32 else None
             report = tune_block(block, states, inputs_for_tuning, targets, args_i, mask, train_idx, val_idx,
                                 signround, device, autocast_dtype=autocast)
+            phases.mark("tune")
         _quantize_states(states, modules, result)
         if q is not None:
             with torch.no_grad():
-                _forward_rows(block, q, q, args_i, rows, device)
+                _forward_rows(block, q, q, args_i, rows, device, autocast_dtype=pass_autocast)
+        phases.mark("chain")
         fp = targets
         block.to(device=orig_device, dtype=orig_dtype)
-        info = {"layers": len(states), "seconds": round(time.time() - tb, 3)}
+        info = {"layers": len(states), "seconds": round(time.time() - tb, 3), "phase_seconds": phases.seconds}
         if report is not None:
             info.update(loss_before=report.loss_before, loss_after=report.loss_after,
                         best_iter=report.best_iter, iters_run=report.iters_run)
