@@ -50,7 +50,7 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tuning (SignRound)")
     g.add_argument("--iters", type=int,
                    help="tuning iterations per block; 0 = (optimised) RTN [recipe: 200; GGUF formats: 0]")
-    g.add_argument("--lr", type=float, help="learning rate of the rounding offsets [1/iters]")
+    g.add_argument("--lr", type=float, help="learning rate of the rounding offsets [1/iters, at most 1/50]")
     g.add_argument("--minmax_lr", type=float, help="learning rate of the range multipliers [lr]")
     g.add_argument("--nsamples", type=int, help="calibration rows [recipe: 128]")
     g.add_argument("--seqlen", type=int, help="tokens per calibration row [recipe: 2048]")

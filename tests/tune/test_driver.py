@@ -10,10 +10,10 @@ from signround.tune.driver import RuntimeOptions, quantize_model
 from signround.tune.signround import SignRoundConfig
 
 
-def _run(model, ids, tune_dtype=torch.float32, compile_fq=False, quanted_input=True, iters=8):
+def _run(model, ids, tune_dtype=torch.float32, compile_fq=False, quanted_input=True, iters=8, lr=None):
     arch = arch_facts(model)
     plan = build_plan(model, arch, resolve_scheme("W2A16G32"))
-    cfg = SignRoundConfig(iters=iters, batch_size=2, eval_every=2, enable_torch_compile=compile_fq,
+    cfg = SignRoundConfig(iters=iters, lr=lr, batch_size=2, eval_every=2, enable_torch_compile=compile_fq,
                           enable_quanted_input=quanted_input)
     return plan, quantize_model(model, arch, plan, ids, None, cfg,
                                 runtime=RuntimeOptions(tune_dtype=tune_dtype, show_progress=False))
@@ -30,8 +30,10 @@ def test_tuning_lowers_every_block_loss(tiny, calib_ids, tune_dtype):
 
 
 def test_compiled_fake_quant_gives_the_same_codes(tiny, calib_ids):
-    _, eager = _run(tiny("llama"), calib_ids, iters=3)
-    _, compiled = _run(tiny("llama"), calib_ids, compile_fq=True, iters=3)
+    # lr 1/3: steps large enough that a last-bit difference of the fused kernel rarely flips a rounding
+    # (with tiny steps, one early flip changes later sign gradients and the runs drift apart)
+    _, eager = _run(tiny("llama"), calib_ids, iters=3, lr=1 / 3)
+    _, compiled = _run(tiny("llama"), calib_ids, compile_fq=True, iters=3, lr=1 / 3)
     for name, qw in eager.weights.items():
         same = (qw.codes == compiled.weights[name].codes).float().mean()
         assert same > 0.999, name  # identical up to rare float ties of the fused kernel
