@@ -52,8 +52,8 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
                    help="tuning iterations per block; 0 = (optimised) RTN [recipe: 200; GGUF formats: 0]")
     g.add_argument("--lr", type=float, help="learning rate of the rounding offsets [1/iters, at most 1/50]")
     g.add_argument("--minmax_lr", type=float, help="learning rate of the range multipliers [lr]")
-    g.add_argument("--nsamples", type=int, help="calibration rows [recipe: 128]")
-    g.add_argument("--seqlen", type=int, help="tokens per calibration row [recipe: 2048]")
+    g.add_argument("--nsamples", type=int, help="calibration rows [recipe: 128; optimised RTN (iters 0): 32]")
+    g.add_argument("--seqlen", type=int, help="tokens per calibration row [recipe: 2048; optimised RTN (iters 0): 512]")
     g.add_argument("--batch_size", type=int, help="rows per tuning step [recipe: 8]")
     g.add_argument("--gradient_accumulate_steps", type=int, default=1, help="batches per tuning step [1]")
     g.add_argument("--dataset", help="calibration data spec, e.g. 'file.jsonl:num=64,signround:bundled' [bundled]")
@@ -100,6 +100,9 @@ def _quantize(argv: Sequence[str], prog: str, recipe: str) -> int:
     gguf = (args.format or "").strip().lower().startswith("gguf:") or (args.scheme or "").strip().upper().startswith("GGUF:")
     if gguf and args.iters is None and (args.recipe or recipe) == "default":
         opts["iters"] = None  # GGUF defaults to optimised RTN (iters 0) in the API
+    if opts["iters"] in (0, None) and (args.recipe or recipe) == "default":
+        # optimised RTN: the API's smaller calibration default (importance matrix only) unless given
+        opts["nsamples"], opts["seqlen"] = args.nsamples, args.seqlen
     layer_config = None
     if args.layer_config:
         try:
@@ -112,8 +115,8 @@ def _quantize(argv: Sequence[str], prog: str, recipe: str) -> int:
     ar = AutoRound(
         args.model, scheme=args.scheme, bits=args.bits, group_size=args.group_size, sym=False if args.asym else None,
         layer_config=layer_config, ignore_layers=args.ignore_layers, quant_lm_head=args.quant_lm_head,
-        iters=opts["iters"], lr=opts.get("lr"), minmax_lr=args.minmax_lr, nsamples=opts["nsamples"] or 1,
-        seqlen=opts.get("seqlen") or 2048, batch_size=opts.get("batch_size") or 8,
+        iters=opts["iters"], lr=opts.get("lr"), minmax_lr=args.minmax_lr, nsamples=opts.get("nsamples"),
+        seqlen=opts.get("seqlen"), batch_size=opts.get("batch_size") or 8,
         gradient_accumulate_steps=args.gradient_accumulate_steps, dataset=args.dataset, seed=args.seed,
         disable_opt_rtn=bool(opts.get("disable_opt_rtn")), enable_minmax_tuning=not args.disable_minmax_tuning,
         enable_quanted_input=not args.disable_quanted_input, early_stop=args.early_stop, eval_every=args.eval_every,

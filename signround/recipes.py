@@ -11,7 +11,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "best": {"iters": 1000, "nsamples": 512, "seqlen": 2048, "batch_size": 8},
     "light": {"iters": 50, "nsamples": 128, "seqlen": 2048, "batch_size": 8, "lr": 5e-3},
     "rtn": {"iters": 0, "nsamples": 0, "disable_opt_rtn": True},
-    "opt_rtn": {"iters": 0, "nsamples": 128, "seqlen": 2048, "batch_size": 8},
+    "opt_rtn": {"iters": 0, "nsamples": 32, "seqlen": 512, "batch_size": 8},  # only the importance matrix
 }
 
 
