@@ -93,3 +93,12 @@ def test_plain_rtn_needs_no_data(tiny, tmp_path):
     assert out[0].name.endswith("-w4g128-fake")
     after = model.model.layers[0].mlp.up_proj.weight
     assert not torch.equal(before, after) and (before - after).abs().max() < before.abs().max() / 7
+
+
+def test_calibration_size_defaults_to_tuning_or_importance_matrix_needs(tiny):
+    tuned = AutoRound(tiny("llama"), scheme="W4A16", iters=5)
+    assert tuned._calibration_size() == (128, 2048)  # AutoRound's default for tuning
+    opt_rtn = AutoRound(tiny("llama"), scheme="W4A16", iters=0)
+    assert opt_rtn._calibration_size() == (32, 512)  # only the importance matrix
+    given = AutoRound(tiny("llama"), scheme="W4A16", iters=0, nsamples=7, seqlen=64)
+    assert given._calibration_size() == (7, 64)
