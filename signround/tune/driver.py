@@ -153,7 +153,8 @@ def quantize_model(
     if input_ids is None:
         raise ValueError("SignRound and optimised RTN need calibration data (input_ids)")
 
-    # Reference and chain passes always run in float32; only the tuning loop may use bf16 matmuls.
+    # Cached activations are float32; the reference and chain passes run in float32 unless
+    # runtime.low_precision_passes (then in tune_dtype, like the tuning loop).
     device, cache_dev, dtype = runtime.device, runtime.cache_device, torch.float32
     blocks = get_module(model, arch.blocks)
     block_args = capture_block_args(model, blocks, input_ids[:1])

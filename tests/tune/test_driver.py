@@ -10,13 +10,15 @@ from signround.tune.driver import RuntimeOptions, quantize_model
 from signround.tune.signround import SignRoundConfig
 
 
-def _run(model, ids, tune_dtype=torch.float32, compile_fq=False, quanted_input=True, iters=8, lr=None):
+def _run(model, ids, tune_dtype=torch.float32, compile_fq=False, quanted_input=True, iters=8, lr=None,
+         low_precision_passes=False):
     arch = arch_facts(model)
     plan = build_plan(model, arch, resolve_scheme("W2A16G32"))
     cfg = SignRoundConfig(iters=iters, lr=lr, batch_size=2, eval_every=2, enable_torch_compile=compile_fq,
                           enable_quanted_input=quanted_input)
     return plan, quantize_model(model, arch, plan, ids, None, cfg,
-                                runtime=RuntimeOptions(tune_dtype=tune_dtype, show_progress=False))
+                                runtime=RuntimeOptions(tune_dtype=tune_dtype, show_progress=False,
+                                                       low_precision_passes=low_precision_passes))
 
 
 @pytest.mark.parametrize("tune_dtype", [torch.float32, torch.bfloat16])
@@ -42,3 +44,13 @@ def test_compiled_fake_quant_gives_the_same_codes(tiny, calib_ids):
 def test_float_inputs_mode_runs(tiny, calib_ids):
     _, res = _run(tiny("qwen2"), calib_ids, quanted_input=False, iters=3)
     assert all("loss_after" in b for b in res.blocks.values())
+
+
+def test_low_precision_passes_keep_the_codes_close(tiny, calib_ids):
+    """bf16 reference/chain passes change the targets by bf16 rounding only: nearly every code is unchanged."""
+    _, full = _run(tiny("llama"), calib_ids, torch.bfloat16, iters=0)
+    _, low = _run(tiny("llama"), calib_ids, torch.bfloat16, iters=0, low_precision_passes=True)
+    same = {name: float((qw.codes == low.weights[name].codes).float().mean()) for name, qw in full.weights.items()}
+    assert min(same.values()) > 0.97, same
+    assert min(same.values()) < 1.0, "the option changed nothing: the passes did not run in bf16"
+    assert any(b["phase_seconds"]["reference"] > 0 for b in low.blocks.values())
