@@ -203,8 +203,8 @@ class AutoRound:
             return None, None
         from .calib import get_calibration_data
 
-        self.nsamples, self.seqlen = self._calibration_size()
-        data = get_calibration_data(self.tokenizer, self.dataset, nsamples=self.nsamples, seqlen=self.seqlen,
+        nsamples, seqlen = self._calibration_size()
+        data = get_calibration_data(self.tokenizer, self.dataset, nsamples=nsamples, seqlen=seqlen,
                                     seed=self.seed)
         self.calibration_source = data.source
         logger.info("calibration: %d rows x %d tokens from %s", data.input_ids.shape[0], data.input_ids.shape[1],
@@ -230,9 +230,10 @@ class AutoRound:
 
     def settings(self) -> dict[str, Any]:
         sr = self.signround
+        nsamples, seqlen = self._calibration_size() if self.calibration_source else (None, None)  # None: no data
         return {
             "iters": sr.iters, "lr": sr.rounding_lr if sr.iters else None, "minmax_lr": sr.range_lr if sr.iters else None,
-            "nsamples": self.nsamples, "seqlen": self.seqlen, "batch_size": sr.batch_size,
+            "nsamples": nsamples, "seqlen": seqlen, "batch_size": sr.batch_size,
             "gradient_accumulate_steps": sr.gradient_accumulate_steps, "enable_minmax_tuning": sr.enable_minmax_tuning,
             "enable_quanted_input": sr.enable_quanted_input, "opt_rtn": self.optimize_rtn, "seed": self.seed,
             "dataset": self.calibration_source or None,

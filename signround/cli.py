@@ -97,12 +97,6 @@ def _quantize(argv: Sequence[str], prog: str, recipe: str) -> int:
     opts = apply_recipe(args.recipe or recipe, {k: getattr(args, k) for k in ("iters", "lr", "nsamples", "seqlen",
                                                                                "batch_size")} |
                         {"disable_opt_rtn": args.disable_opt_rtn or None})
-    gguf = (args.format or "").strip().lower().startswith("gguf:") or (args.scheme or "").strip().upper().startswith("GGUF:")
-    if gguf and args.iters is None and (args.recipe or recipe) == "default":
-        opts["iters"] = None  # GGUF defaults to optimised RTN (iters 0) in the API
-    if opts["iters"] in (0, None) and (args.recipe or recipe) == "default":
-        # optimised RTN: the API's smaller calibration default (importance matrix only) unless given
-        opts["nsamples"], opts["seqlen"] = args.nsamples, args.seqlen
     layer_config = None
     if args.layer_config:
         try:
@@ -115,7 +109,7 @@ def _quantize(argv: Sequence[str], prog: str, recipe: str) -> int:
     ar = AutoRound(
         args.model, scheme=args.scheme, bits=args.bits, group_size=args.group_size, sym=False if args.asym else None,
         layer_config=layer_config, ignore_layers=args.ignore_layers, quant_lm_head=args.quant_lm_head,
-        iters=opts["iters"], lr=opts.get("lr"), minmax_lr=args.minmax_lr, nsamples=opts.get("nsamples"),
+        iters=opts.get("iters"), lr=opts.get("lr"), minmax_lr=args.minmax_lr, nsamples=opts.get("nsamples"),
         seqlen=opts.get("seqlen"), batch_size=opts.get("batch_size") or 8,
         gradient_accumulate_steps=args.gradient_accumulate_steps, dataset=args.dataset, seed=args.seed,
         disable_opt_rtn=bool(opts.get("disable_opt_rtn")), enable_minmax_tuning=not args.disable_minmax_tuning,
@@ -157,7 +151,9 @@ def _list(argv: Sequence[str]) -> int:
         from .recipes import RECIPES
 
         for name, r in RECIPES.items():
-            print(f"{name:8s} " + ", ".join(f"{k}={v}" for k, v in r.items()))
+            print(f"{name:8s} " + (", ".join(f"{k}={v}" for k, v in r.items()) or
+                                   "the API defaults: iters=200 (GGUF: 0), nsamples x seqlen 128 x 2048 "
+                                   "(iters 0: 32 x 512), batch_size=8"))
     return 0
 
 

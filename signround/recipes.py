@@ -7,7 +7,9 @@ from typing import Any
 __all__ = ["RECIPES", "apply_recipe"]
 
 RECIPES: dict[str, dict[str, Any]] = {
-    "default": {"iters": 200, "nsamples": 128, "seqlen": 2048, "batch_size": 8},
+    # The API's own defaults, which depend on the run: iters 200 (0 for GGUF formats); calibration
+    # 128 x 2048 tokens when tuning, 32 x 512 for optimised RTN; batch 8.
+    "default": {},
     "best": {"iters": 1000, "nsamples": 512, "seqlen": 2048, "batch_size": 8},
     "light": {"iters": 50, "nsamples": 128, "seqlen": 2048, "batch_size": 8, "lr": 5e-3},
     "rtn": {"iters": 0, "nsamples": 0, "disable_opt_rtn": True},
