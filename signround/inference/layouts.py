@@ -17,13 +17,14 @@ import torch
 
 from ..export.auto_awq import unpack_awq
 from ..export.packing import unpack_bits
+from ..errors import BadInputError
 from ..quant.grouping import num_groups
 from ..quant.types import QuantizedWeight
 
 __all__ = ["Layout", "LayerSpec", "LayoutSpec", "LAYOUTS", "CheckpointError", "decode_layer"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInputError):
     """A checkpoint that cannot be read as it claims to be; the message names the file and tensor."""
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ArchFacts", "ARCHITECTURES", "arch_facts", "get_module"]
+__all__ = ["ArchFacts", "ARCHITECTURES", "arch_facts", "get_module", "tied_embeddings"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +107,8 @@ def arch_facts(model: torch.nn.Module) -> ArchFacts:
             model_type, facts.blocks, len(get_module(model, facts.blocks)), facts.lm_head,
         )
     return facts
+
+
+def tied_embeddings(model: torch.nn.Module) -> bool:
+    """Whether the model's lm_head shares its weight with the input embeddings (stored once, quantized never)."""
+    return bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
