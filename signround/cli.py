@@ -19,6 +19,9 @@ import sys
 import time
 from typing import Sequence
 
+from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, BadInputError, CheckFailedError, SignroundError
+from .options import OPTIONS, Option
+
 __all__ = ["main", "main_best", "main_light", "build_quantize_parser"]
 
 logger = logging.getLogger("signround")
@@ -26,102 +29,101 @@ logger = logging.getLogger("signround")
 SUBCOMMANDS = ("quantize", "list", "eval", "verify", "convert")
 
 
+def _add_option(group: argparse._ArgumentGroup, opt: Option) -> None:
+    """One table option as a flag: ``--name VALUE``, or a switch that sets True (or False, e.g. ``--asym``)."""
+    if opt.cli == "none":
+        return
+    if opt.cli == "true":
+        group.add_argument(f"--{opt.name}", *opt.aliases, dest=opt.name, action="store_const", const=True,
+                           default=None, help=opt.help_text())
+    elif opt.cli.startswith("false:"):
+        group.add_argument(opt.cli[len("false:"):], *opt.aliases, dest=opt.name, action="store_const", const=False,
+                           default=None, help=opt.help_text())
+    else:
+        kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
+        kind = int if int in kinds else float if float in kinds else str
+        group.add_argument(f"--{opt.name}", *opt.aliases, dest=opt.name, type=kind, default=None,
+                           metavar=opt.metavar, help=opt.help_text())
+
+
 def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and output")
     g.add_argument("--model", "--model_name", required=True,
                    help="local HF directory, hub id, .gguf file, or pkg:NAME (the .gguf inside an installed package)")
-    g.add_argument("--output_dir", default="tmp_signround", help="parent directory of the exported model(s)")
+    g.add_argument("--output_dir", default="tmp_signround",
+                   help="parent directory of the exported model(s); each format gets a new child directory [tmp_signround]")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a previous signround output of the same name (never anything else)")
     g.add_argument("--format", default=None,
                    help="comma-separated export formats, e.g. auto_round, fake or gguf:q4_k_m (see `signround list "
                         "format`) [auto_round; gguf:<mix> for a GGUF:<MIX> scheme]")
-    g.add_argument("--dtype", default="auto", help="dtype to load the model in: auto, float32, bfloat16, float16")
-
-    g = p.add_argument_group("scheme")
-    g.add_argument("--scheme", default=None,
-                   help="preset (see `signround list scheme`) [W4A16; with a gguf format, the format's GGUF:<MIX>]")
-    g.add_argument("--bits", type=int, help="override the preset's weight bits (2-8)")
-    g.add_argument("--group_size", type=int, help="override the group size: -1 per channel, 0 per tensor, or a power of 2")
-    g.add_argument("--asym", action="store_true", help="asymmetric quantization (default: full-range symmetric)")
-    g.add_argument("--layer_config", help='JSON: {"name or pattern": "W8A16" or {"bits": 8, ...}}')
-    g.add_argument("--ignore_layers", "--fp_layers", help="comma-separated layer names/substrings to keep in float")
-    g.add_argument("--quant_lm_head", action="store_true", help="quantize lm_head too (not when tied to embeddings)")
-    g.add_argument("--print_plan", action="store_true", help="print the per-layer plan and exit")
-
-    g = p.add_argument_group("tuning (SignRound)")
-    g.add_argument("--iters", type=int,
-                   help="tuning iterations per block; 0 = (optimised) RTN [recipe: 200; GGUF formats: 0]")
-    g.add_argument("--lr", type=float, help="learning rate of the rounding offsets [1/iters, at most 1/50]")
-    g.add_argument("--minmax_lr", type=float, help="learning rate of the range multipliers [lr]")
-    g.add_argument("--nsamples", type=int, help="calibration rows [recipe: 128; optimised RTN (iters 0): 32]")
-    g.add_argument("--seqlen", type=int, help="tokens per calibration row [recipe: 2048; optimised RTN (iters 0): 512]")
-    g.add_argument("--batch_size", type=int, help="rows per tuning step [recipe: 8]")
-    g.add_argument("--gradient_accumulate_steps", type=int, default=1, help="batches per tuning step [1]")
-    g.add_argument("--dataset", help="calibration data spec, e.g. 'file.jsonl:num=64,signround:bundled' [bundled]")
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--disable_opt_rtn", action="store_true", help="plain min/max RTN start (and plain RTN at iters 0)")
-    g.add_argument("--disable_minmax_tuning", action="store_true", help="tune only the rounding, not the ranges")
-    g.add_argument("--disable_quanted_input", action="store_true", help="tune on float inputs instead of quantized ones")
-    g.add_argument("--early_stop", type=int, default=0, help="stop a block after N held-out checks without improvement")
-    g.add_argument("--eval_every", type=int, default=0, help="iterations between held-out checks [iters/5]")
-
-    g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-    g.add_argument("--tune_dtype", default="auto",
-                   help="matmul precision inside the tuning loop: auto (bfloat16 where this machine runs it faster, "
-                        "e.g. AMX CPUs; else float32), float32, bfloat16")
-    g.add_argument("--low_gpu_mem_usage", action="store_true", help="keep cached activations on the CPU")
-    g.add_argument("--enable_torch_compile", action="store_true", help="fuse the fake quantization with torch.compile")
-    g.add_argument("--recipe", default=None, help="default, best, light, rtn, opt_rtn")
-    g.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
+    groups: dict[str, argparse._ArgumentGroup] = {"model and output": g}
+    groups["scheme"] = p.add_argument_group("scheme")
+    groups["scheme"].add_argument("--scheme", default=None,
+                                  help="preset (see `signround list scheme`) [W4A16; with a gguf format, its GGUF:<MIX>]")
+    groups["scheme"].add_argument("--print_plan", action="store_true", help="print the per-layer plan and exit")
+    for opt in OPTIONS:
+        if opt.group not in groups:
+            groups[opt.group] = p.add_argument_group(opt.group)
+        _add_option(groups[opt.group], opt)
+    out = groups["runtime"]
+    out.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
+    out.add_argument("-v", "--verbose", action="store_true", help="debug logs, including the per-layer plan table")
 
 
 def build_quantize_parser(prog: str = "signround") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="Quantize a causal LM to low-bit weights and export it.",
-        epilog="Other commands: `signround list {format,scheme,recipe}`, `signround eval --model DIR --ppl`.",
+        epilog="Other commands: `signround list {format,scheme,recipe}`, `signround eval --model DIR --ppl`, "
+               "`signround verify DIR`, `signround convert --model DIR --output_dir DIR`. "
+               "Exit codes: 0 done, 2 bad input (nothing written), 1 a check failed.",
     )
     _add_quantize_args(p)
     return p
 
 
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+def _setup_logging(quiet: bool, verbose: bool = False) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("signround").setLevel(level)
+
+
+def _layer_config(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"--layer_config is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise BadInputError(f"--layer_config must be a JSON object {{\"layer or pattern\": scheme}}, got "
+                            f"{type(value).__name__}: {text}")
+    return value
 
 
 def _quantize(argv: Sequence[str], prog: str, recipe: str) -> int:
-    from .recipes import apply_recipe
-
     args = build_quantize_parser(prog).parse_args(argv)
-    _setup_logging(args.quiet)
-    opts = apply_recipe(args.recipe or recipe, {k: getattr(args, k) for k in ("iters", "lr", "nsamples", "seqlen",
-                                                                               "batch_size")} |
-                        {"disable_opt_rtn": args.disable_opt_rtn or None})
-    layer_config = None
-    if args.layer_config:
-        try:
-            layer_config = json.loads(args.layer_config)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"--layer_config is not valid JSON: {e}")
+    _setup_logging(args.quiet, args.verbose)
+    options = {o.name: getattr(args, o.name) for o in OPTIONS if o.cli != "none" and getattr(args, o.name) is not None}
+    options["layer_config"] = _layer_config(args.layer_config)
+    options.setdefault("recipe", recipe)
+    options["show_progress"] = not args.quiet
     from .api import AutoRound
+    from .record import source_name
+    from .request import QuantRequest
 
+    # Every check that needs no model runs before it loads: options, scheme, formats, output directories.
+    request = QuantRequest.build(args.scheme, options)
+    targets = request.output_dirs(source_name(args.model), args.output_dir, args.format)
+    if not args.print_plan:
+        request.check_outputs(targets, args.overwrite)
     t0 = time.time()
-    ar = AutoRound(
-        args.model, scheme=args.scheme, bits=args.bits, group_size=args.group_size, sym=False if args.asym else None,
-        layer_config=layer_config, ignore_layers=args.ignore_layers, quant_lm_head=args.quant_lm_head,
-        iters=opts.get("iters"), lr=opts.get("lr"), minmax_lr=args.minmax_lr, nsamples=opts.get("nsamples"),
-        seqlen=opts.get("seqlen"), batch_size=opts.get("batch_size") or 8,
-        gradient_accumulate_steps=args.gradient_accumulate_steps, dataset=args.dataset, seed=args.seed,
-        disable_opt_rtn=bool(opts.get("disable_opt_rtn")), enable_minmax_tuning=not args.disable_minmax_tuning,
-        enable_quanted_input=not args.disable_quanted_input, early_stop=args.early_stop, eval_every=args.eval_every,
-        device=args.device, low_gpu_mem_usage=args.low_gpu_mem_usage, dtype=args.dtype, tune_dtype=args.tune_dtype,
-        enable_torch_compile=args.enable_torch_compile,
-        show_progress=not args.quiet,
-    )
+    ar = AutoRound(args.model, scheme=args.scheme, **options)
     if args.print_plan:
         print(ar.plan(args.format).table())
         return 0
-    dirs = ar.quantize_and_save(args.output_dir, args.format)
+    dirs = ar.quantize_and_save(args.output_dir, args.format, overwrite=args.overwrite)
     res = ar.result
     logger.info("done in %.1f s (quantization %.1f s); wrote %s", time.time() - t0, res.seconds if res else 0.0,
                 ", ".join(str(d) for d in dirs))
@@ -150,10 +152,12 @@ def _list(argv: Sequence[str]) -> int:
     else:
         from .recipes import RECIPES
 
+        from .options import option
+
+        defaults = ", ".join(f"{n}={option(n).help_text().rpartition('[')[2].rstrip(']')}"
+                             for n in ("iters", "nsamples", "seqlen", "batch_size"))
         for name, r in RECIPES.items():
-            print(f"{name:8s} " + (", ".join(f"{k}={v}" for k, v in r.items()) or
-                                   "the API defaults: iters=200 (GGUF: 0), nsamples x seqlen 128 x 2048 "
-                                   "(iters 0: 32 x 512), batch_size=8"))
+            print(f"{name:8s} " + (", ".join(f"{k}={v}" for k, v in r.items()) or f"the defaults: {defaults}"))
     return 0
 
 
@@ -275,10 +279,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "signround", recipe: str
         if argv and argv[0] == "quantize":
             argv = argv[1:]
         return _quantize(argv, prog, recipe)
-    except (ValueError, FileNotFoundError) as e:
-        logger.error("%s", e)
+    except CheckFailedError as e:
+        print(f"signround: check failed: {e}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    except (SignroundError, ValueError, OSError) as e:  # bad input: one line naming the culprit
         print(f"signround: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 def main_best(argv: Sequence[str] | None = None) -> int:

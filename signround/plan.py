@@ -96,6 +96,21 @@ class QuantPlan:
         lines.append(f"{n_q} of {len(self.layers)} linear layers quantized; default scheme {self.default.short_name()}")
         return "\n".join(lines)
 
+    def summary(self) -> str:
+        """One line: how many layers get which scheme, and why the others stay float."""
+        quantized: dict[str, int] = {}
+        kept: dict[str, int] = {}
+        for p in self.layers.values():
+            table = quantized if p.quantized else kept
+            key = p.scheme.short_name() if p.quantized else p.reason
+            table[key] = table.get(key, 0) + 1
+        parts = [f"{len(self.quantized())} of {len(self.layers)} linear layers quantized"]
+        if quantized:
+            parts.append(", ".join(f"{n} {s}" for s, n in quantized.items()))
+        if kept:
+            parts.append("float: " + "; ".join(f"{n} x {why}" for why, n in kept.items()))
+        return " (".join(parts[:2]) + (")" if len(parts) > 1 else "") + ("; " + parts[2] if len(parts) > 2 else "")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "default": self.default.to_dict(),

@@ -1,28 +1,28 @@
-"""Named bundles of tuning settings (AutoRound reference §1.2). A recipe fills only what the user left unset."""
+"""Named bundles of tuning settings (AutoRound reference §1.2). A recipe fills only what the user left unset.
+
+The defaults themselves live in ``options.OPTIONS`` (and the run-dependent ones in ``config.resolve_run``);
+``default`` therefore fills nothing.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RECIPES", "apply_recipe"]
+__all__ = ["RECIPES", "recipe_values"]
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # The API's own defaults, which depend on the run: iters 200 (0 for GGUF formats); calibration
-    # 128 x 2048 tokens when tuning, 32 x 512 for optimised RTN; batch 8.
     "default": {},
-    "best": {"iters": 1000, "nsamples": 512, "seqlen": 2048, "batch_size": 8},
-    "light": {"iters": 50, "nsamples": 128, "seqlen": 2048, "batch_size": 8, "lr": 5e-3},
-    "rtn": {"iters": 0, "nsamples": 0, "disable_opt_rtn": True},
-    "opt_rtn": {"iters": 0, "nsamples": 32, "seqlen": 512, "batch_size": 8},  # only the importance matrix
+    "best": {"iters": 1000, "nsamples": 512, "seqlen": 2048},
+    "light": {"iters": 50, "nsamples": 128, "seqlen": 2048, "lr": 5e-3},
+    "rtn": {"iters": 0, "disable_opt_rtn": True},  # reads no calibration data
+    "opt_rtn": {"iters": 0},  # calibration only feeds the importance matrix
 }
 
 
-def apply_recipe(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    """Return ``given`` with the recipe's values filled in where ``given`` has None (or lacks the key)."""
+def recipe_values(name: str) -> dict[str, Any]:
+    """The values of recipe ``name``, or a ValueError listing the known recipes."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
-    out = dict(given)
-    for key, value in RECIPES[name].items():
-        if out.get(key) is None:
-            out[key] = value
-    return out
+        from .errors import BadInputError
+
+        raise BadInputError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return dict(RECIPES[name])

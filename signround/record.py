@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import BadInputError
 
-__all__ = ["RUN_FILE", "read_run", "write_run", "resolve_source", "recorded_float_model"]
+__all__ = ["RUN_FILE", "read_run", "write_run", "resolve_source", "recorded_float_model", "source_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,13 @@ def resolve_source(source: str) -> str:
 
         return str(package_gguf_path(source[len(PKG_PREFIX):]))
     return source
+
+
+def source_name(source: str) -> str:
+    """A model's short name for output directories: the folder name, or the .gguf file's stem."""
+    p = Path(resolve_source(source).rstrip("/"))
+    name = p.stem if p.suffix == ".gguf" else p.name
+    return name or "model"
 
 
 def recorded_float_model(folder: "str | Path") -> str | None:

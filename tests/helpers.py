@@ -11,6 +11,7 @@ from signround.export.registry import ExportInput, export_model
 from signround.model.arch import arch_facts
 from signround.plan import build_plan
 from signround.schemes import resolve_scheme
+from signround.method import Start
 from signround.tune.driver import RuntimeOptions, quantize_model
 from signround.tune.signround import SignRoundConfig
 
@@ -20,7 +21,7 @@ def quantize_tiny(model, ids, scheme="W4A16", iters=4, formats=(Format.AUTO_ROUN
     scheme = resolve_scheme(scheme) if isinstance(scheme, str) else resolve_scheme("W4A16", **scheme)
     plan = build_plan(model, arch, scheme, formats=list(formats), **plan_kw)
     result = quantize_model(model, arch, plan, ids, None, SignRoundConfig(iters=iters, batch_size=4),
-                            optimize_rtn=optimize_rtn, runtime=RuntimeOptions(show_progress=False))
+                            start=Start.SEARCH if optimize_rtn else Start.MINMAX, runtime=RuntimeOptions(show_progress=False))
     return plan, result
 
 

@@ -95,10 +95,18 @@ def test_plain_rtn_needs_no_data(tiny, tmp_path):
     assert not torch.equal(before, after) and (before - after).abs().max() < before.abs().max() / 7
 
 
-def test_calibration_size_defaults_to_tuning_or_importance_matrix_needs(tiny):
-    tuned = AutoRound(tiny("llama"), scheme="W4A16", iters=5)
-    assert tuned._calibration_size() == (128, 2048)  # AutoRound's default for tuning
-    opt_rtn = AutoRound(tiny("llama"), scheme="W4A16", iters=0)
-    assert opt_rtn._calibration_size() == (32, 512)  # only the importance matrix
-    given = AutoRound(tiny("llama"), scheme="W4A16", iters=0, nsamples=7, seqlen=64)
-    assert given._calibration_size() == (7, 64)
+def test_calibration_size_defaults_to_tuning_or_importance_matrix_needs():
+    from signround.config import resolve_run
+    from signround.export.formats import Format
+    from signround.options import UserOptions
+
+    def size(fmts=(), **given):
+        run = resolve_run(UserOptions(given), fmts)
+        return run.method.value, run.nsamples, run.seqlen
+
+    assert size(iters=5) == ("signround", 128, 2048)  # AutoRound's default for tuning
+    assert size(iters=0) == ("opt_rtn", 32, 512)  # only the importance matrix
+    assert size(iters=0, nsamples=7, seqlen=64) == ("opt_rtn", 7, 64)
+    assert size(iters=0, disable_opt_rtn=True) == ("rtn", None, None)  # no data at all
+    assert size([Format.GGUF_Q4_K_M]) == ("opt_rtn", 32, 512)  # GGUF without iters: optimised RTN
+    assert size([Format.GGUF_Q4_K_M], iters=10)[0] == "signround"

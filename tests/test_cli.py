@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from signround.cli import main
-from signround.recipes import RECIPES, apply_recipe
+from signround.config import resolve_run
+from signround.options import UserOptions
+from signround.recipes import RECIPES
 from signround.tune.precision import resolve_tune_dtype
 
 
@@ -71,16 +73,19 @@ def test_quantize_rtn_end_to_end_and_eval(tiny_dir, tmp_path, capsys):
 
 
 def test_recipes_fill_only_unset_values():
-    filled = apply_recipe("best", {"iters": None, "nsamples": 16})
-    assert filled["iters"] == 1000 and filled["nsamples"] == 16 and filled["seqlen"] == RECIPES["best"]["seqlen"]
-    assert apply_recipe("light", {})["lr"] == 5e-3
-    with pytest.raises(ValueError, match="unknown recipe"):
-        apply_recipe("fastest", {})
+    best = resolve_run(UserOptions({"recipe": "best", "nsamples": 16}))
+    assert best.tuning.iters == 1000 and best.nsamples == 16 and best.seqlen == RECIPES["best"]["seqlen"]
+    assert resolve_run(UserOptions({"recipe": "light"})).tuning.rounding_lr == 5e-3
+    assert resolve_run(UserOptions({"recipe": "light", "lr": 0.01})).tuning.rounding_lr == 0.01
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        UserOptions({"recipe": "fastest"})
 
 
-def test_tune_dtype_resolution():
-    assert resolve_tune_dtype("float32", "cpu") == torch.float32
-    assert resolve_tune_dtype("bf16", "cpu") == torch.bfloat16
-    assert resolve_tune_dtype("auto", "cpu") in (torch.float32, torch.bfloat16)
+def test_tune_dtype_is_a_function_of_the_hardware_not_a_timing():
+    assert resolve_tune_dtype("float32", "cpu")[0] == torch.float32
+    assert resolve_tune_dtype("bf16", "cpu")[0] == torch.bfloat16
+    assert resolve_tune_dtype("auto", "cpu", frozenset({"avx2", "amx_bf16"})) == (
+        torch.bfloat16, "auto: CPU flag amx_bf16 (AMX bfloat16 matmuls)")
+    assert resolve_tune_dtype("auto", "cpu", frozenset({"avx2", "avx512f"}))[0] == torch.float32
     with pytest.raises(ValueError, match="unknown tune_dtype"):
         resolve_tune_dtype("int8", "cpu")

@@ -109,3 +109,11 @@ def save_model_files(model: torch.nn.Module, tokenizer: Any, folder: Path, confi
             logger.warning("generation_config not saved: %s", e)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+
+
+def check_output_target(target: "str | Path", overwrite: bool = False) -> None:  # placeholder until trust-export merges
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        from ..errors import OutputPathError
+
+        raise OutputPathError(f"{target} exists and is not a directory")

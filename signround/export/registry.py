@@ -16,6 +16,7 @@ import torch
 
 from ..plan import QuantPlan
 from ..quant.types import QuantizedWeight
+from ..schemes import QuantScheme
 from .formats import Format, gguf_mix, is_gguf
 from .io import atomic_output_dir
 
@@ -50,13 +51,14 @@ def register_writer(fmt: Format) -> Callable[[Writer], Writer]:
     return deco
 
 
-def export_dir_name(model_name: str, plan: QuantPlan, fmt: Format) -> str:
+def export_dir_name(model_name: str, scheme: QuantScheme, fmt: Format) -> str:
+    """``<model>-<scheme>-<format>`` (``<model>-gguf-<mix>``): known before the model loads, so it can be checked."""
     if is_gguf(fmt):
         return f"{model_name}-gguf-{gguf_mix(fmt)}"
-    return f"{model_name}-{plan.default.short_name()}-{fmt.value}"
+    return f"{model_name}-{scheme.short_name()}-{fmt.value}"
 
 
-def export_model(data: ExportInput, fmt: Format, target: "str | Path") -> Path:
+def export_model(data: ExportInput, fmt: Format, target: "str | Path", overwrite: bool = False) -> Path:
     """Write ``data`` in format ``fmt`` to the directory ``target``, atomically."""
     from . import auto_awq, auto_gptq, auto_round, fake  # noqa: F401  (writers register themselves)
     from .gguf import pipeline  # noqa: F401

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ArchFacts", "ARCHITECTURES", "arch_facts", "get_module", "tied_embeddings"]
+__all__ = ["ArchFacts", "ARCHITECTURES", "arch_facts", "get_module", "tied_embeddings", "max_positions"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +112,16 @@ def arch_facts(model: torch.nn.Module) -> ArchFacts:
 def tied_embeddings(model: torch.nn.Module) -> bool:
     """Whether the model's lm_head shares its weight with the input embeddings (stored once, quantized never)."""
     return bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+
+
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")  # Llama-likes and OPT; GPT-2
+
+
+def max_positions(model: torch.nn.Module) -> int | None:
+    """How many token positions the model has (calibration rows may not be longer), or None if unknown."""
+    config = getattr(model, "config", None)
+    for key in _POSITION_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 
 from ..model.arch import ArchFacts, get_module
 from ..model.capture import BlockArgs, capture_block_args, capture_first_block_inputs, run_block
+from ..method import Start, method_for
+from ..options import option
 from ..plan import LayerPlan, QuantPlan
 from ..quant.types import QuantizedWeight
 from . import gguf_layer  # noqa: F401  (registers the "gguf" layer state)
@@ -44,7 +46,7 @@ class RuntimeOptions:
     device: str = "cpu"
     tune_dtype: torch.dtype = torch.float32  # matmul precision inside the tuning loop (bf16 = autocast)
     low_gpu_mem_usage: bool = False  # keep the cached activations on the CPU, move them per batch
-    forward_batch_size: int = 8  # rows per batch for the passes that only run forward
+    forward_batch_size: int = option("batch_size").default  # rows per batch for the passes that only run forward
     low_precision_passes: bool = False  # run the reference and chain passes in tune_dtype too
     show_progress: bool = True
 
@@ -129,6 +131,17 @@ def _forward_rows(block, hidden, out, block_args, rows_per_batch, device, imatri
         out[sl] = y.to(out.device, out.dtype)
 
 
+@dataclass
+class _Chain:
+    """The cached activations between blocks: float targets, the quantized chain, the tuning row split."""
+
+    fp: torch.Tensor  # float inputs of the current block (float outputs after its reference pass)
+    q: torch.Tensor | None  # the quantized chain's inputs, when tuning runs on them
+    mask: torch.Tensor | None
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+
+
 def quantize_model(
     model: torch.nn.Module,
     arch: ArchFacts,
@@ -136,100 +149,105 @@ def quantize_model(
     input_ids: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     signround: SignRoundConfig,
-    optimize_rtn: bool = True,
+    start: Start = Start.SEARCH,
     runtime: RuntimeOptions = RuntimeOptions(),
 ) -> QuantizeResult:
-    """Quantize every planned layer of ``model`` in place; return the codes and a per-block report."""
+    """Quantize every planned layer of ``model`` in place; return the codes and a per-block report.
+
+    The method is ``method_for(signround.iters, start)``: SignRound when iters > 0, else optimised RTN
+    (``Start.SEARCH``) or plain RTN (``Start.MINMAX``, which needs no data).
+    """
     t0 = time.time()
     result = QuantizeResult()
+    method, _ = method_for(signround.iters, start is Start.MINMAX)
     if not plan.quantized():
         logger.warning("the plan quantizes no layer; nothing to do")
         return result
-    needs_data = signround.iters > 0 or optimize_rtn
-    if not needs_data:
+    if not method.needs_data:
         _rtn_without_data(model, plan, result, runtime.show_progress)
         result.seconds = time.time() - t0
         return result
     if input_ids is None:
-        raise ValueError("SignRound and optimised RTN need calibration data (input_ids)")
+        raise ValueError(f"{method.label} needs calibration data (input_ids)")
 
     # Cached activations are float32; the reference and chain passes run in float32 unless
     # runtime.low_precision_passes (then in tune_dtype, like the tuning loop).
-    device, cache_dev, dtype = runtime.device, runtime.cache_device, torch.float32
     blocks = get_module(model, arch.blocks)
     block_args = capture_block_args(model, blocks, input_ids[:1])
-    fp = capture_first_block_inputs(model, blocks[0], input_ids, runtime.forward_batch_size, dtype, cache_dev)
-    mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool().to(cache_dev)
-    tuning = signround.iters > 0
-    # The quantized chain's activations, when tuning runs on them.
-    q = fp.clone() if tuning and signround.enable_quanted_input else None
-    train_idx, val_idx = _split_rows(fp.shape[0], signround.seed)
-    rows = runtime.forward_batch_size
-    autocast = runtime.tune_dtype if runtime.tune_dtype != torch.float32 else None
-    pass_autocast = autocast if runtime.low_precision_passes else None
-
-    bar = tqdm(range(plan.n_blocks), desc="SignRound" if tuning else "opt-RTN", unit="block",
-               disable=not runtime.show_progress)
+    fp = capture_first_block_inputs(model, blocks[0], input_ids, runtime.forward_batch_size, torch.float32,
+                                    runtime.cache_device)
+    mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool().to(runtime.cache_device)
+    q = fp.clone() if method.tunes and signround.enable_quanted_input else None
+    chain = _Chain(fp, q, mask, *_split_rows(fp.shape[0], signround.seed))
+    bar = tqdm(range(plan.n_blocks), desc=method.label, unit="block", disable=not runtime.show_progress)
     for i in bar:
-        tb = time.time()
-        block = blocks[i]
-        orig = next(block.parameters())
-        orig_dtype, orig_device = orig.dtype, orig.device
-        block.to(device=device, dtype=dtype)
-        args_i = block_args[i].to(device, dtype)
-        layer_plans = plan.block_layers(i)
-        prefix = f"{plan.blocks_prefix}.{i}."
-        modules = {p.name[len(prefix):]: block.get_submodule(p.name[len(prefix):]) for p in layer_plans}
-
-        collector = ImatrixCollector()
-        targets = fp if not tuning or signround.enable_quanted_input else torch.empty_like(fp)
-        inputs_for_tuning = q if signround.enable_quanted_input else fp
-        phases = _Phases()
-        with torch.no_grad(), collector.watch(modules if optimize_rtn else {}):
-            _forward_rows(block, fp, targets, args_i, rows, device, collector, mask, pass_autocast)
-        phases.mark("reference")
-        states = [
-            make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize_rtn)
-            for local, p in zip(modules, layer_plans)
-        ]
-        result.imatrix.update({p.name: im for local, p in zip(modules, layer_plans)
-                               if (im := collector.result(local)) is not None})
-        phases.mark("init")
-        report: BlockReport | None = None
-        if tuning and states:
-            block.requires_grad_(False)
-            report = tune_block(block, states, inputs_for_tuning, targets, args_i, mask, train_idx, val_idx,
-                                signround, device, autocast_dtype=autocast)
-            phases.mark("tune")
-        _quantize_states(states, modules, result)
-        if q is not None:
-            with torch.no_grad():
-                _forward_rows(block, q, q, args_i, rows, device, autocast_dtype=pass_autocast)
-        phases.mark("chain")
-        fp = targets
-        block.to(device=orig_device, dtype=orig_dtype)
-        info = {"layers": len(states), "seconds": round(time.time() - tb, 3), "phase_seconds": phases.seconds}
-        if report is not None:
-            info.update(loss_before=report.loss_before, loss_after=report.loss_after,
-                        best_iter=report.best_iter, iters_run=report.iters_run)
-            bar.set_postfix_str(f"loss {report.loss_before:.3g}->{report.loss_after:.3g} (best it {report.best_iter})")
-            logger.info("block %d/%d: loss %.4g -> %.4g, best iter %d of %d, %.1fs", i + 1, plan.n_blocks,
-                        report.loss_before, report.loss_after, report.best_iter, report.iters_run, info["seconds"])
+        info = _quantize_block(i, blocks[i], block_args[i], plan, chain, method, start, signround, runtime, result)
+        if "loss_before" in info:
+            bar.set_postfix_str(f"loss {info['loss_before']:.3g}->{info['loss_after']:.3g} (best it {info['best_iter']})")
         result.blocks[i] = info
-
-    _quantize_outside(model, arch, plan, q if q is not None else fp, mask, optimize_rtn, runtime, result)
+    _quantize_outside(model, arch, plan, chain.q if chain.q is not None else chain.fp, mask, start.searches, runtime,
+                      result)
     result.seconds = time.time() - t0
     return result
 
 
+def _quantize_block(i, block, block_args, plan, chain, method, start, signround, runtime, result) -> dict:
+    """Reference pass, layer states, tuning and the chain pass of block ``i``; returns its report fields."""
+    tb = time.time()
+    device, tuning, optimize = runtime.device, method.tunes, start.searches
+    autocast = runtime.tune_dtype if runtime.tune_dtype != torch.float32 else None
+    pass_autocast = autocast if runtime.low_precision_passes else None
+    rows = runtime.forward_batch_size
+    orig = next(block.parameters())
+    orig_dtype, orig_device = orig.dtype, orig.device
+    block.to(device=device, dtype=torch.float32)
+    args_i = block_args.to(device, torch.float32)
+    layer_plans = plan.block_layers(i)
+    prefix = f"{plan.blocks_prefix}.{i}."
+    modules = {p.name[len(prefix):]: block.get_submodule(p.name[len(prefix):]) for p in layer_plans}
+
+    collector = ImatrixCollector()
+    targets = chain.fp if not tuning or signround.enable_quanted_input else torch.empty_like(chain.fp)
+    inputs_for_tuning = chain.q if signround.enable_quanted_input else chain.fp
+    phases = _Phases()
+    with torch.no_grad(), collector.watch(modules if optimize else {}):
+        _forward_rows(block, chain.fp, targets, args_i, rows, device, collector, chain.mask, pass_autocast)
+    phases.mark("reference")
+    states = [make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize)
+              for local, p in zip(modules, layer_plans)]
+    result.imatrix.update({p.name: im for local, p in zip(modules, layer_plans)
+                           if (im := collector.result(local)) is not None})
+    phases.mark("init")
+    report: BlockReport | None = None
+    if tuning and states:
+        block.requires_grad_(False)
+        report = tune_block(block, states, inputs_for_tuning, targets, args_i, chain.mask, chain.train_idx,
+                            chain.val_idx, signround, device, autocast_dtype=autocast)
+        phases.mark("tune")
+    _quantize_states(states, modules, result)
+    if chain.q is not None:
+        with torch.no_grad():
+            _forward_rows(block, chain.q, chain.q, args_i, rows, device, autocast_dtype=pass_autocast)
+    phases.mark("chain")
+    chain.fp = targets
+    block.to(device=orig_device, dtype=orig_dtype)
+    info = {"layers": len(states), "seconds": round(time.time() - tb, 3), "phase_seconds": phases.seconds}
+    if report is not None:
+        info.update(loss_before=report.loss_before, loss_after=report.loss_after, best_iter=report.best_iter,
+                    iters_run=report.iters_run)
+        logger.info("block %d/%d: loss %.4g -> %.4g, best iter %d of %d, %.1fs", i + 1, plan.n_blocks,
+                    report.loss_before, report.loss_after, report.best_iter, report.iters_run, info["seconds"])
+    return info
+
+
 @torch.no_grad()
-def _quantize_outside(model, arch, plan, hidden, mask, optimize_rtn, runtime, result) -> None:
+def _quantize_outside(model, arch, plan, hidden, mask, optimize, runtime, result) -> None:
     """Layers outside the blocks (lm_head when asked): opt-RTN on the final hidden states' importance.
 
     The lm_head's importance is collected whenever optimising (a cheap pass through the final norm),
     also when it is not planned: a GGUF file quantizes it (or the tied embedding) itself.
     """
-    if optimize_rtn and arch.final_norm and plan.lm_head:
+    if optimize and arch.final_norm and plan.lm_head:
         norm = get_module(model, arch.final_norm)
         collector = ImatrixCollector()
         ref = next(norm.parameters())
@@ -242,5 +260,5 @@ def _quantize_outside(model, arch, plan, hidden, mask, optimize_rtn, runtime, re
     for p in plan.outside_layers():
         module = model.get_submodule(p.name)
         imatrix = result.imatrix.get(p.name) if p.name == plan.lm_head else None
-        state = make_layer_state(p, p.name, module.weight, imatrix, optimize=optimize_rtn)
+        state = make_layer_state(p, p.name, module.weight, imatrix, optimize=optimize)
         _quantize_states([state], {p.name: module}, result)

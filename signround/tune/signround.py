@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..method import Optimizer
+from ..options import option
 from ..model.capture import BlockArgs, run_block
 from .layer import LayerQuantizer
 
@@ -30,23 +32,31 @@ __all__ = ["SignRoundConfig", "BlockReport", "tune_block", "masked_mse", "IndexS
 SHORT_RUN_ITERS = 50  # below this many iterations the default lr stays at 1/50
 
 
+def _opt(name: str):
+    return option(name).default
+
+
 @dataclass(frozen=True)
 class SignRoundConfig:
-    iters: int = 200
+    """The tuning loop's settings; defaults are the option table's (``options.OPTIONS``)."""
+
+    iters: int = _opt("iters")
     lr: float | None = None  # None -> 1 / max(iters, 50): AutoRound's 1/iters, capped for short runs
     minmax_lr: float | None = None  # None -> lr
-    batch_size: int = 8
-    gradient_accumulate_steps: int = 1
-    enable_minmax_tuning: bool = True
-    enable_quanted_input: bool = True
+    batch_size: int = _opt("batch_size")
+    gradient_accumulate_steps: int = _opt("gradient_accumulate_steps")
+    enable_minmax_tuning: bool = _opt("enable_minmax_tuning")
+    enable_quanted_input: bool = _opt("enable_quanted_input")
     eval_every: int = 0  # 0 -> about 5 held-out checks per block (plus the start and the end)
     early_stop: int = 0  # stop after this many checks without improvement (0: never)
-    seed: int = 42
+    seed: int = _opt("seed")
     enable_torch_compile: bool = False  # fuse the fake quantization with torch.compile
+    optimizer: Optimizer = Optimizer.SIGN  # signed gradient descent (the paper's), or AdamW
 
     def __post_init__(self) -> None:
-        if self.iters < 0:
-            raise ValueError(f"iters must be >= 0, got {self.iters}")
+        for name in ("iters", "eval_every", "early_stop"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1 or self.gradient_accumulate_steps < 1:
             raise ValueError(
                 f"batch_size and gradient_accumulate_steps must be >= 1, got {self.batch_size}, "
@@ -136,6 +146,38 @@ def _eval_loss(block, states, inputs, targets, block_args, mask, idx, batch_size
     return total / max(count, 1)
 
 
+def _optimizer_step(cfg: SignRoundConfig, rounding: list[torch.Tensor], ranges: list[torch.Tensor]):
+    """``step(decay)``: one update of every tunable with lr x decay (linear decay to 0), then clear the grads.
+
+    Signed gradient descent moves each tunable by ``lr * sign(grad)``; AdamW (AutoRound's ``enable_adam``)
+    uses the same learning rates and schedule, without weight decay (the tunables are bounded instead).
+    """
+    groups = [(rounding, cfg.rounding_lr), (ranges, cfg.range_lr)]
+    if cfg.optimizer is Optimizer.ADAM:
+        params = [{"params": g, "lr": lr} for g, lr in groups if g]
+        adam = torch.optim.AdamW(params, weight_decay=0.0) if params else None
+
+        def adam_step(decay: float) -> None:
+            if adam is None:
+                return
+            for group, (_, lr) in zip(adam.param_groups, [g for g in groups if g[0]]):
+                group["lr"] = lr * decay
+            adam.step()
+            adam.zero_grad(set_to_none=True)
+
+        return adam_step
+
+    @torch.no_grad()
+    def sign_step(decay: float) -> None:
+        for group, lr in groups:
+            for t in group:
+                if t.grad is not None:
+                    t.add_(torch.sign(t.grad), alpha=-lr * decay)
+                    t.grad = None
+
+    return sign_step
+
+
 def tune_block(
     block: torch.nn.Module,
     states: list[LayerQuantizer],
@@ -169,6 +211,7 @@ def tune_block(
     best = evaluate()
     report = BlockReport(loss_before=best, loss_after=best, best_iter=0, iters_run=0)
     best_snap = [s.snapshot() for s in states]
+    step = _optimizer_step(cfg, rounding, ranges)
     stale = 0
     for it in range(cfg.iters):
         for _ in range(gas):
@@ -179,13 +222,7 @@ def tune_block(
                 out = run_block(block, x, block_args, _overrides(states))
             loss = masked_mse(out, targets[rows].to(device), m)
             loss.backward()
-        decay = 1.0 - it / cfg.iters
-        with torch.no_grad():
-            for group, lr in ((rounding, cfg.rounding_lr), (ranges, cfg.range_lr)):
-                for t in group:
-                    if t.grad is not None:
-                        t.add_(torch.sign(t.grad), alpha=-lr * decay)
-                        t.grad = None
+        step(1.0 - it / cfg.iters)
         for s in states:
             s.clamp_()
         report.iters_run = it + 1
