@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .errors import BadInputError
 from .method import Method
 from .recipes import RECIPES
+from .tune.precision import DTYPE_NAMES
 
 __all__ = ["Option", "OPTIONS", "UserOptions", "CALIBRATION_DEFAULTS", "GGUF_DEFAULT_ITERS", "option"]
 
@@ -32,6 +33,15 @@ def _at_least(n: float) -> Callable[[Any], str | None]:
 
 def _positive(v: Any) -> str | None:
     return None if v > 0 else "must be positive"
+
+
+def _one_of(*names: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in names else f"must be one of {', '.join(names)}"
+
+
+_DTYPES = ("auto", *DTYPE_NAMES)
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "True or False", Mapping: "a dict",
+               list: "a list", tuple: "a tuple"}
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ class Option:
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             ok, value = True, float(value) if int not in kinds else value
         if not ok:
-            want = " or ".join("True/False" if k is bool else k.__name__ for k in kinds)
+            want = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
             raise BadInputError(f"{self.name} must be {want}, got {value!r} ({type(value).__name__})")
         problem = self.check(value) if self.check else None
         if problem:
@@ -110,9 +120,9 @@ OPTIONS: tuple[Option, ...] = (
            _at_least(0)),
     Option("eval_every", int, 0, "iterations between held-out checks (0: iters/5)", _T, _at_least(0)),
     Option("device", str, "auto", "cpu, cuda, cuda:N or auto", _R),
-    Option("dtype", str, "auto", "dtype to load the model in: auto, float32, bfloat16, float16", _R),
+    Option("dtype", str, "auto", "dtype to load the model in: auto, float32, bfloat16, float16", _R, _one_of(*_DTYPES)),
     Option("tune_dtype", str, "auto", "matmul precision inside the tuning loop: auto (bfloat16 on CUDA with bf16 and "
-           "on CPUs with AMX, else float32), float32, bfloat16", _R),
+           "on CPUs with AMX, else float32), float32, bfloat16", _R, _one_of(*_DTYPES)),
     Option("low_gpu_mem_usage", bool, False, "keep cached activations on the CPU", _R, cli="true"),
     Option("enable_torch_compile", bool, False, "fuse the fake quantization with torch.compile", _R, cli="true"),
     Option("show_progress", bool, True, "progress bars (the CLI's -q turns them off)", _R, cli="none"),
