@@ -38,6 +38,9 @@ __all__ = ["AutoRound"]
 logger = logging.getLogger(__name__)
 
 
+_TIMING_KEYS = ("seconds", "phase_seconds")  # per-block report fields that differ from run to run
+
+
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -171,8 +174,10 @@ class AutoRound:
                                     f"cannot be saved as {', '.join(f.value for f in fmts)} (quantize again)")
             self._plan_for(fmts, self.run)  # the formats may differ from the ones checked at quantize time
         assert self._plan is not None and self.result is not None
-        log = {"seconds": round(self.result.seconds, 2), "peak_rss_mib": round(_peak_rss_mib(), 1),
-               "blocks": self.result.blocks, "layers": self.result.layers}
+        # The written log holds what the run computed (losses, best iterations, weight errors), never timings
+        # or memory, so the same command on the same inputs writes the same bytes; those go to the console.
+        log = {"blocks": {i: {k: v for k, v in b.items() if k not in _TIMING_KEYS} for i, b in self.result.blocks.items()},
+               "layers": self.result.layers}
         data = ExportInput(self.model, self.tokenizer, self._plan, self.result.weights, self.settings(),
                            self.loaded.source, log, imatrix=self.result.imatrix)
         return [export_model(data, fmt, target, overwrite=overwrite) for fmt, target in zip(fmts, targets)]

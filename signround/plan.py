@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from .export.formats import FORMATS, Format, check_layer, gguf_mix, is_gguf
-from .model.arch import ArchFacts, get_module
+from .model.arch import ArchFacts, get_module, tied_embeddings
 from .schemes import KEEP, QuantScheme, gguf_scheme, resolve_scheme
 
 __all__ = ["LayerPlan", "QuantPlan", "build_plan", "linear_shape", "is_linear"]
@@ -156,6 +156,71 @@ def _resolve_config(layer_config: Mapping[str, Any] | None, default: QuantScheme
     return out
 
 
+@dataclass
+class _Rules:
+    """The user's per-layer rules (layer_config, ignore_layers, quant_lm_head) and which of them matched."""
+
+    configs: list[tuple[str, QuantScheme]]
+    ignores: list[str]
+    quant_lm_head: bool
+    tied: bool
+    has_experts: bool
+    used_keys: set[str] = field(default_factory=set)
+    used_ignores: set[str] = field(default_factory=set)
+
+    def config_for(self, name: str) -> tuple[str, QuantScheme] | None:
+        """An exact name wins, then the first plain substring key, then the first regex key."""
+        exact = next(((k, s) for k, s in self.configs if k == name), None)
+        sub = next(((k, s) for k, s in self.configs if _pattern_kind(k) == "substring" and k in name), None)
+        rx = next(((k, s) for k, s in self.configs if _pattern_kind(k) == "regex" and re.search(k, name)), None)
+        chosen = exact or sub or rx
+        if chosen:
+            self.used_keys.add(chosen[0])
+        return chosen
+
+    def ignore_for(self, name: str) -> str | None:
+        hit = next((p for p in self.ignores if _ignore_match(p, name)), None)
+        if hit is not None:
+            self.used_ignores.add(hit)
+        return hit
+
+    def warn_unused(self) -> None:
+        for key, _ in self.configs:
+            if key not in self.used_keys:
+                logger.warning("layer_config key %r matches no linear layer of the model", key)
+        for pattern in self.ignores:
+            if pattern not in self.used_ignores:
+                logger.warning("ignore_layers entry %r matches no linear layer of the model", pattern)
+
+
+def _layer_choice(rules: _Rules, arch: ArchFacts, default: QuantScheme, name: str, local: str, block: int | None
+                  ) -> tuple[QuantScheme, str, tuple[str, QuantScheme] | None, str | None]:
+    """(scheme, reason, the layer_config entry that matched, the ignore pattern that matched) of one Linear."""
+    is_head = name == arch.lm_head
+    scheme, reason = default, "default scheme"
+    chosen = rules.config_for(name)
+    if chosen:
+        scheme, reason = chosen[1], f"layer_config[{chosen[0]!r}]"
+    hit = rules.ignore_for(name)
+    if hit is not None:
+        scheme, reason = KEEP, f"ignore_layers {hit!r}"
+    elif block is None and not is_head:
+        if not chosen:
+            scheme, reason = KEEP, "outside the decoder blocks"
+    elif is_head:
+        if rules.tied:
+            if rules.quant_lm_head or chosen:
+                logger.warning("lm_head stays float: it shares its weight with the input embeddings")
+            scheme, reason = KEEP, "lm_head is tied to the input embeddings"
+        elif not (rules.quant_lm_head or chosen):
+            scheme, reason = KEEP, "lm_head (pass quant_lm_head to quantize it)"
+        elif not chosen:
+            reason = "quant_lm_head"
+    elif rules.has_experts and any(local == r for r in arch.routers):
+        scheme, reason = KEEP, "MoE router"
+    return scheme, reason, chosen, hit
+
+
 def build_plan(
     model: torch.nn.Module,
     arch: ArchFacts,
@@ -178,14 +243,9 @@ def build_plan(
         from .export.gguf.export import hf_tensor_types
 
         gguf_types = hf_tensor_types(model, gguf_mix(gguf_fmt), has_imatrix)  # unknown architecture: raises here
-    blocks = get_module(model, arch.blocks)
-    n_blocks = len(blocks)
-    configs = _resolve_config(layer_config, default)
-    ignores = _as_list(ignore_layers)
-    used_keys: set[str] = set()
-    used_ignores: set[str] = set()
-    tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
-    has_experts = any(n.endswith(".experts") or n.endswith("experts") for n, _ in model.named_modules())
+    tied = tied_embeddings(model)
+    rules = _Rules(_resolve_config(layer_config, default), _as_list(ignore_layers), quant_lm_head, tied,
+                   any(n.endswith("experts") for n, _ in model.named_modules()))
     block_re = re.compile(rf"^{re.escape(arch.blocks)}\.(\d+)\.")
 
     layers: dict[str, LayerPlan] = {}
@@ -195,38 +255,9 @@ def build_plan(
         shape = linear_shape(module)
         m = block_re.match(name)
         block = int(m.group(1)) if m else None
-        local = name[m.end():] if m else name
-        is_head = name == arch.lm_head
-        scheme, reason = default, "default scheme"
-
-        exact = next(((k, s) for k, s in configs if k == name), None)
-        sub = next(((k, s) for k, s in configs if _pattern_kind(k) == "substring" and k in name), None)
-        rx = next(((k, s) for k, s in configs if _pattern_kind(k) == "regex" and re.search(k, name)), None)
-        chosen = exact or sub or rx
-        if chosen:
-            used_keys.add(chosen[0])
-            scheme, reason = chosen[1], f"layer_config[{chosen[0]!r}]"
-        hit = next((p for p in ignores if _ignore_match(p, name)), None)
-
-        if hit is not None:
-            used_ignores.add(hit)
-            scheme, reason = KEEP, f"ignore_layers {hit!r}"
-        elif block is None and not is_head:
-            if not chosen:
-                scheme, reason = KEEP, "outside the decoder blocks"
-        elif is_head:
-            if tied:
-                if quant_lm_head or chosen:
-                    logger.warning("lm_head stays float: it shares its weight with the input embeddings")
-                scheme, reason = KEEP, "lm_head is tied to the input embeddings"
-            elif not (quant_lm_head or chosen):
-                scheme, reason = KEEP, "lm_head (pass quant_lm_head to quantize it)"
-            elif not chosen:
-                reason = "quant_lm_head"
-        elif has_experts and any(local == r for r in arch.routers):
-            scheme, reason = KEEP, "MoE router"
+        scheme, reason, chosen, hit = _layer_choice(rules, arch, default, name, name[m.end():] if m else name, block)
         if gguf_types is not None and hit is None:
-            scheme, reason = _gguf_layer(name, shape, chosen, scheme, reason, is_head and tied, gguf_types)
+            scheme, reason = _gguf_layer(name, shape, chosen, scheme, reason, name == arch.lm_head and tied, gguf_types)
         if scheme.data_type == "gguf":
             pass  # the mix's shape fallbacks already fit the type's block size
         elif scheme.is_quantized and (shape[0] % SHAPE_MULTIPLE or shape[1] % SHAPE_MULTIPLE):
@@ -234,15 +265,9 @@ def build_plan(
         if not scheme.is_quantized and reason.startswith("layer_config"):
             reason += " keeps it float"
         layers[name] = LayerPlan(name, shape, scheme, reason, block, conv1d=not isinstance(module, torch.nn.Linear))
+    rules.warn_unused()
 
-    for key, _ in configs:
-        if key not in used_keys:
-            logger.warning("layer_config key %r matches no linear layer of the model", key)
-    for pattern in ignores:
-        if pattern not in used_ignores:
-            logger.warning("ignore_layers entry %r matches no linear layer of the model", pattern)
-
-    plan = QuantPlan(layers, default, arch.blocks, n_blocks, arch.lm_head, formats)
+    plan = QuantPlan(layers, default, arch.blocks, len(get_module(model, arch.blocks)), arch.lm_head, formats)
     if gguf_types is not None:
         linears = {f"{n}.weight" for n in layers}
         plan.extra = {g: str(c) for hf, (g, c) in gguf_types.items() if hf not in linears and not c.reason.startswith("not ")}

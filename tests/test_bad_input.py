@@ -23,20 +23,9 @@ from signround.cli import main
 from signround.errors import BadInputError, OutputPathError
 
 
-@pytest.fixture(scope="module")
-def tiny_src(smollm2_dir, tmp_path_factory):
-    """A tiny random Llama (256 positions) saved with the SmolLM2 tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256,
-                      tie_word_embeddings=False)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("src") / "tiny"
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+@pytest.fixture
+def tiny_src(tiny_model_dir):
+    return tiny_model_dir
 
 
 def _snapshot(root: Path) -> dict[str, str]:

@@ -13,17 +13,8 @@ from signround.tune.precision import resolve_tune_dtype
 
 
 @pytest.fixture
-def tiny_dir(tiny, smollm2_dir, tmp_path):
-    """A tiny random Llama saved with the SmolLM2 tokenizer (vocab resized to match)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(tok), tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
-    return tmp_path / "tiny"
+def tiny_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def test_help_lists_the_main_flags(capsys):
