@@ -154,7 +154,7 @@ def _list(argv: Sequence[str]) -> int:
 
         from .options import option
 
-        defaults = ", ".join(f"{n}={option(n).help_text().rpartition('[')[2].rstrip(']')}"
+        defaults = "; ".join(f"{n} {option(n).resolved or option(n).default}"
                              for n in ("iters", "nsamples", "seqlen", "batch_size"))
         for name, r in RECIPES.items():
             print(f"{name:8s} " + (", ".join(f"{k}={v}" for k, v in r.items()) or f"the defaults: {defaults}"))
@@ -182,21 +182,16 @@ def _eval(argv: Sequence[str]) -> int:
     from .inference.load import load_quantized
     from .model.loading import load_model
 
+    from .record import recorded_float_model, resolve_source
+
     folder = Path(args.model)
-    source = args.float_model
-    run_file = folder / "signround.json"
-    if source is None and run_file.is_file():
-        source = json.loads(run_file.read_text()).get("source_model")
+    source = resolve_source(args.float_model) if args.float_model else recorded_float_model(folder)
     model = load_quantized(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     text = Path(args.text).read_text() if args.text else heldout_text()
     rows = windows(tokenizer(text, return_tensors="pt").input_ids, args.seqlen, args.max_windows)
     float_model = None
     if source:
-        if source.startswith("pkg:"):
-            from .testing import package_gguf_path
-
-            source = str(package_gguf_path(source[4:]))
         float_model = load_model(source, dtype="float32").model
     else:
         logger.warning("no float model known (pass --float_model): reporting perplexity only")
@@ -230,18 +225,13 @@ def _verify(argv: Sequence[str]) -> int:
     folder = Path(args.folder)
     tol = Tolerances(**{f: getattr(args, f) for f in ("loader_rel_max", "loader_kl_max", "loader_argmax_min",
                                                        "float_kl_max", "float_argmax_min")})
-    float_model = None if args.no_float else args.float_model
-    run_file = folder / "signround.json"
-    if float_model is None and not args.no_float and run_file.is_file():
-        source = json.loads(run_file.read_text()).get("source_model") or None
-        if source and (source.startswith("pkg:") or Path(source).exists()):
-            float_model = source
-        elif source:
-            logger.warning("source model %r recorded in signround.json is not found here; pass --float_model", source)
+    from .record import recorded_float_model
+
+    float_model = None if args.no_float else (args.float_model or recorded_float_model(folder))
     loaders = [x.strip() for x in args.loaders.split(",")] if args.loaders else None
     report = verify_checkpoint(folder, float_model, loaders, tol, prompt_ids(folder, args.prompts, args.length))
     print(report.table(tol))
-    return 0 if report.ok else 1
+    return report.exit_code
 
 
 def _loader_names() -> list[str]:
@@ -255,13 +245,15 @@ def _convert(argv: Sequence[str]) -> int:
                                 description="Convert a GPTQ (v1/v2) or AWQ (GEMM) checkpoint to the auto_round format, "
                                             "keeping codes, scales and zero points exactly.")
     p.add_argument("--model", required=True, help="the GPTQ or AWQ checkpoint directory")
-    p.add_argument("--output_dir", required=True, help="the directory to write (replaced atomically)")
+    p.add_argument("--output_dir", required=True,
+                   help="the directory to write: new or empty (or a previous signround output, with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous signround output (never anything else)")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
     _setup_logging(args.quiet)
     from .convert import convert_to_auto_round
 
-    print(convert_to_auto_round(args.model, args.output_dir))
+    print(convert_to_auto_round(args.model, args.output_dir, overwrite=args.overwrite))
     return 0
 
 

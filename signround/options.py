@@ -58,6 +58,7 @@ class Option:
     cli: str = ""  # "": --name VALUE; "true": --name sets True; "false:--flag": --flag sets False
     aliases: tuple[str, ...] = ()
     metavar: str | None = None
+    flag_help: str = ""  # help of an inverted CLI switch ("false:--asym"), which says what the switch does
 
     def validate(self, value: Any) -> Any:
         """``value`` if it has the right type and range, else a BadInputError naming the option."""
@@ -76,6 +77,8 @@ class Option:
         return value
 
     def help_text(self) -> str:
+        if self.flag_help:
+            return self.flag_help
         if self.resolved:
             return f"{self.help} [{self.resolved}]"
         if self.cli.startswith("false:") or self.cli == "true" or self.default is None:
@@ -84,14 +87,15 @@ class Option:
 
 
 _S, _T, _R = "scheme", "tuning (SignRound)", "runtime"
-_it = f"200; {GGUF_DEFAULT_ITERS} with a gguf format"
+_it = f"200 ({GGUF_DEFAULT_ITERS} with a gguf format)"
 _ns = " / ".join(f"{m.label}: {n}" for m, (n, _) in CALIBRATION_DEFAULTS.items())
 _sl = " / ".join(f"{m.label}: {s}" for m, (_, s) in CALIBRATION_DEFAULTS.items())
 
 OPTIONS: tuple[Option, ...] = (
     Option("bits", int, None, "override the scheme's weight bits (2-8)", _S),
     Option("group_size", int, None, "override the group size: -1 per channel, 0 per tensor, or a power of 2", _S),
-    Option("sym", bool, None, "symmetric (full-range) quantization; --asym for asymmetric", _S, cli="false:--asym"),
+    Option("sym", bool, None, "symmetric (full-range) quantization", _S, cli="false:--asym",
+           flag_help="asymmetric quantization (default: full-range symmetric)"),
     Option("layer_config", Mapping, None, 'per-layer schemes, JSON: {"name or pattern": "W8A16" or {"bits": 8}}',
            _S, metavar="JSON"),
     Option("ignore_layers", (str, list, tuple), None, "comma-separated layer names/substrings to keep in float", _S,
@@ -112,10 +116,10 @@ OPTIONS: tuple[Option, ...] = (
            _T, resolved="the bundled public-domain text"),
     Option("seed", int, 42, "random seed of the calibration sampling and tuning", _T, _at_least(0)),
     Option("disable_opt_rtn", bool, False, "plain min/max RTN start (and plain RTN with iters 0)", _T, cli="true"),
-    Option("enable_minmax_tuning", bool, True, "tune the group ranges too; --disable_minmax_tuning tunes only rounding",
-           _T, cli="false:--disable_minmax_tuning"),
-    Option("enable_quanted_input", bool, True, "tune on the quantized chain's inputs; --disable_quanted_input: float",
-           _T, cli="false:--disable_quanted_input"),
+    Option("enable_minmax_tuning", bool, True, "tune the group ranges as well as the rounding", _T,
+           cli="false:--disable_minmax_tuning", flag_help="tune only the rounding, not the group ranges"),
+    Option("enable_quanted_input", bool, True, "tune each block on the quantized chain's inputs", _T,
+           cli="false:--disable_quanted_input", flag_help="tune each block on float inputs instead of quantized ones"),
     Option("early_stop", int, 0, "stop a block after N held-out checks without improvement (0: never)", _T,
            _at_least(0)),
     Option("eval_every", int, 0, "iterations between held-out checks (0: iters/5)", _T, _at_least(0)),

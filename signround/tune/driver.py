@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..model.arch import ArchFacts, get_module
-from ..model.capture import BlockArgs, capture_block_args, capture_first_block_inputs, run_block
+from ..model.capture import capture_block_args, capture_first_block_inputs, run_block
 from ..method import Start, method_for
 from ..options import option
 from ..plan import LayerPlan, QuantPlan
