@@ -16,6 +16,7 @@ import torch
 
 from ..plan import QuantPlan
 from ..quant.types import QuantizedWeight
+from ..record import write_run
 from .formats import Format, gguf_mix, is_gguf
 from .io import atomic_output_dir
 
@@ -56,8 +57,11 @@ def export_dir_name(model_name: str, plan: QuantPlan, fmt: Format) -> str:
     return f"{model_name}-{plan.default.short_name()}-{fmt.value}"
 
 
-def export_model(data: ExportInput, fmt: Format, target: "str | Path") -> Path:
-    """Write ``data`` in format ``fmt`` to the directory ``target``, atomically."""
+def export_model(data: ExportInput, fmt: Format, target: "str | Path", overwrite: bool = False) -> Path:
+    """Write ``data`` in format ``fmt`` to the directory ``target``, atomically.
+
+    ``target`` must be new, empty, or (with ``overwrite``) a previous signround output (``io.check_output_target``).
+    """
     from . import auto_awq, auto_gptq, auto_round, fake  # noqa: F401  (writers register themselves)
     from .gguf import pipeline  # noqa: F401
 
@@ -65,10 +69,10 @@ def export_model(data: ExportInput, fmt: Format, target: "str | Path") -> Path:
         known = ", ".join(f.value for f in WRITERS)
         raise ValueError(f"no writer for format {fmt.value}; available: {known}")
     target = Path(target)
-    with atomic_output_dir(target) as tmp:
+    with atomic_output_dir(target, overwrite) as tmp:
         WRITERS[fmt](data, tmp)
-        run = {"format": fmt.value, "source_model": data.source, "settings": data.settings, "plan": data.plan.to_dict()}
-        (tmp / "signround.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
+        write_run(tmp, {"format": fmt.value, "source_model": data.source, "settings": data.settings,
+                        "plan": data.plan.to_dict()})
         if data.log:
             (tmp / "quant_log.json").write_text(json.dumps(data.log, indent=1, default=str) + "\n")
     logger.info("wrote %s checkpoint to %s", fmt.value, target)
