@@ -59,7 +59,8 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from signround.export.gguf import export_gguf, model_tensors
+    from signround.export.gguf import export_gguf
+    from signround.formats.gguf_tensors import model_tensors
     from signround.testing import smollm2_hf_dir
 
     folder = smollm2_hf_dir()

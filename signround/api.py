@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .export.formats import Format, gguf_mix, is_gguf, parse_formats
+from .formats import Format, gguf_mix, is_gguf, parse_formats
 from .export.registry import ExportInput, export_dir_name, export_model
 from .model.arch import arch_facts
 from .model.loading import LoadedModel, load_model, resolve_dtype

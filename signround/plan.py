@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .export.formats import FORMATS, Format, check_layer, gguf_mix, is_gguf
+from .formats import FORMATS, Format, check_layer, gguf_mix, is_gguf
 from .model.arch import ArchFacts, get_module
 from .schemes import KEEP, QuantScheme, gguf_scheme, resolve_scheme
 
@@ -160,7 +160,7 @@ def build_plan(
     gguf_fmt = next((f for f in formats if is_gguf(f)), None)
     gguf_types = None
     if gguf_fmt is not None:
-        from .export.gguf.export import hf_tensor_types
+        from .formats.gguf_tensors import hf_tensor_types
 
         gguf_types = hf_tensor_types(model, gguf_mix(gguf_fmt), has_imatrix)  # unknown architecture: raises here
     blocks = get_module(model, arch.blocks)

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.model.arch import arch_facts
 from signround.plan import build_plan
 from signround.schemes import resolve_scheme

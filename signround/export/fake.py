@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .formats import Format
+from ..formats import Format
 from .io import float_state_dict, save_model_files, save_tensors
 from .registry import ExportInput, register_writer
 

@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import torch
 
+from ..formats import Format, gguf_mix, is_gguf
 from ..plan import QuantPlan
 from ..quant.types import QuantizedWeight
 from ..record import write_run
-from .formats import Format, gguf_mix, is_gguf
 from .io import atomic_output_dir
 
 __all__ = ["ExportInput", "register_writer", "WRITERS", "export_model", "export_dir_name"]

@@ -185,7 +185,7 @@ def test_sigterm_during_export_leaves_nothing(tmp_path):
 
 
 def test_export_model_writes_the_run_record_and_refuses_a_foreign_dir(tiny, calib_ids, tmp_path):
-    from signround.export.formats import Format
+    from signround.formats import Format
     from tests.helpers import export_tiny, quantize_tiny
 
     model = tiny("llama")

@@ -12,8 +12,8 @@ import torch
 
 from signround import AutoRound
 from signround.cli import main as cli_main
-from signround.export.formats import Format, parse_formats
 from signround.export.gguf import load_gguf_state_dict, read_gguf_tensors
+from signround.formats import Format, parse_formats
 from signround.model.arch import arch_facts
 from signround.plan import build_plan
 from signround.quant.gguf import GGMLType, quantize_tensor

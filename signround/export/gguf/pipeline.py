@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
+from ...formats import Format, gguf_mix, is_gguf
+from ...formats.gguf_mixes import mix_spec
+from ...formats.gguf_tensors import hf_tensor_types
+from ...model.arch import tied_embeddings
 from ...quant.gguf import GGMLType, GGUFQuantized, SearchMode
-from ..formats import Format, gguf_mix, is_gguf
 from ..registry import ExportInput, register_writer
-from .export import hf_tensor_types
-from .mixes import mix_spec
 from .writer import write_gguf
 
 __all__ = ["write_gguf_checkpoint", "gguf_file_name", "find_gguf_file"]
@@ -53,8 +54,9 @@ def _model_name(data: ExportInput) -> str:
 
 
 def _embedding_module(model: torch.nn.Module) -> str | None:
-    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
-    if emb is None or out is None or out.weight is not emb.weight:
+    """The input embedding's module name when the lm_head is tied to it (its matmul then runs on token_embd)."""
+    emb = model.get_input_embeddings()
+    if emb is None or not tied_embeddings(model):
         return None
     return next((n for n, m in model.named_modules() if m is emb), None)
 

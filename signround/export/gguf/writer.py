@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,10 +37,11 @@ from ...quant.gguf import (
     quantize_tensor,
     type_facts,
 )
-from .arch import ArchSpec, arch_spec, layer_count, qk_row_permutation, write_hparams
+from ...formats.gguf_arch import arch_spec, write_hparams
+from ...formats.gguf_tensors import TensorSource, model_tensors
 from .vocab import vocab_from_tokenizer, write_vocab
 
-__all__ = ["WriterState", "TensorSource", "model_tensors", "GGUFModelWriter", "write_gguf"]
+__all__ = ["WriterState", "GGUFModelWriter", "write_gguf"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,57 +51,6 @@ class WriterState(str, Enum):
     CHECKED = "checked"
     TENSORS_READY = "tensors_ready"
     WRITTEN = "written"
-
-
-@dataclass(frozen=True)
-class TensorSource:
-    """One tensor of the model as it will appear in the file."""
-
-    hf_name: str
-    gguf_name: str
-    tensor: torch.Tensor  # HF layout, before the arch transforms
-    row_permutation: torch.Tensor | None = None  # llama q/k: file rows = tensor rows[perm]
-    add: float = 0.0  # gemma norms: stored value = tensor + add
-
-    @property
-    def gguf_shape(self) -> tuple[int, ...]:
-        return tuple(self.tensor.shape)
-
-
-def _is_tied(model: torch.nn.Module) -> bool:
-    out, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    return out is not None and emb is not None and out.weight is emb.weight
-
-
-def model_tensors(model: torch.nn.Module, spec: ArchSpec | None = None) -> list[TensorSource]:
-    """Every tensor of ``model`` with its GGUF name; raises on a tensor the arch map does not know."""
-    spec = spec or arch_spec(model)
-    config = model.config
-    name_map = gguf.get_tensor_name_map(spec.gguf_arch, layer_count(config))
-    n_head = int(config.num_attention_heads)
-    n_kv = int(getattr(config, "num_key_value_heads", None) or n_head)
-    tied = _is_tied(model)
-    sources, unknown = [], []
-    for hf_name, t in model.state_dict(keep_vars=False).items():
-        if tied and hf_name == "lm_head.weight":
-            continue
-        new = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if new is None:
-            unknown.append(hf_name)
-            continue
-        perm = None
-        if spec.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-            perm = qk_row_permutation(t.shape[0], n_head)
-        elif spec.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-            perm = qk_row_permutation(t.shape[0], n_kv)
-        add = spec.norm_offset if hf_name.endswith("norm.weight") else 0.0
-        sources.append(TensorSource(hf_name, new, t.detach(), perm, add))
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} tensors have no GGUF name for arch {spec.arch_name}: {', '.join(unknown[:6])}"
-            + (" ..." if len(unknown) > 6 else "")
-        )
-    return sources
 
 
 def _module_name(hf_name: str) -> str:

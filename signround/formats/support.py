@@ -4,15 +4,19 @@ One table read by the plan (to fail before calibration), by ``signround list for
 A validator returns the first mismatch as "supports X, got Y, at layer Z".
 
 GGUF formats are one member per llama.cpp mix (``gguf:q4_k_m``): the mix decides every tensor's
-ggml type (``export/gguf/mixes.py``), so a run writes at most one GGUF format and no other format.
+ggml type (``formats/gguf_mixes.py``), so a run writes at most one GGUF format and no other format.
+
+Below the plan and the exporters: both import this, it imports neither (QuantScheme is a type only).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
-from ..schemes import QuantScheme
+if TYPE_CHECKING:
+    from ..schemes import QuantScheme
 
 __all__ = ["Format", "FormatSpec", "FORMATS", "parse_formats", "check_layer", "format_table", "gguf_mix", "is_gguf"]
 
