@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .formats import FORMATS, Format, check_layer, gguf_mix, is_gguf
+from .formats import FORMATS, Format, check_group_sizes, check_layer, gguf_mix, is_gguf
 from .model.arch import ArchFacts, get_module
 from .schemes import KEEP, QuantScheme, gguf_scheme, resolve_scheme
 
@@ -257,9 +257,13 @@ def _gguf_layer(name, shape, chosen, scheme, reason, tied_head, gguf_types) -> t
 def _check_formats(plan: QuantPlan, arch: ArchFacts, formats: list[Format]) -> None:
     for fmt in formats:
         for p in plan.quantized():
-            problem = check_layer(fmt, p.scheme, p.name, p.shape, is_lm_head=p.name == plan.lm_head)
+            problem = check_layer(fmt, p.scheme, p.name, p.shape, is_lm_head=p.name == plan.lm_head,
+                                  in_blocks=p.block is not None)
             if problem:
                 raise ValueError(problem + " (use format 'fake' for any scheme, or change the scheme)")
+        problem = check_group_sizes(fmt, {p.name: p.scheme for p in plan.quantized()})
+        if problem:
+            raise ValueError(problem)
         if not FORMATS[fmt].fuses_qkv:
             continue
         for b in range(plan.n_blocks):

@@ -5,6 +5,7 @@ The plan and ``schemes`` import from here to fail before calibration; ``export/`
 import from here to write and read; nothing here imports them.
 """
 
-from .support import FORMATS, Format, FormatSpec, check_layer, format_table, gguf_mix, is_gguf, parse_formats
+from .support import FORMATS, Format, FormatSpec, check_group_sizes, check_layer, format_table, gguf_mix, is_gguf, parse_formats
 
-__all__ = ["FORMATS", "Format", "FormatSpec", "check_layer", "format_table", "gguf_mix", "is_gguf", "parse_formats"]
+__all__ = ["FORMATS", "Format", "FormatSpec", "check_group_sizes", "check_layer", "format_table", "gguf_mix", "is_gguf",
+           "parse_formats"]
