@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from ..formats import Format, gguf_mix, is_gguf
+from ..method import Start
 from ..plan import QuantPlan
 from ..quant.types import QuantizedWeight
 from ..record import write_run
@@ -35,6 +36,7 @@ class ExportInput:
     source: str = ""  # the model the user quantized (for `signround eval`)
     log: dict[str, Any] = field(default_factory=dict)  # per-block and per-layer report
     imatrix: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> (in,) importance (GGUF)
+    start: Start = Start.SEARCH  # how tensors the writer quantizes itself (GGUF token_embd) choose their scales
 
 
 Writer = Callable[[ExportInput, Path], None]

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ...quant.gguf import SearchMode
+from ...method import Start
 from ...formats.gguf_arch import arch_spec
 from ...formats.gguf_mixes import format_plan, mix_spec
 from ...formats.gguf_tensors import gguf_plan
@@ -27,14 +27,14 @@ def export_gguf(
     out_path: str | os.PathLike,
     mix: str = "q4_k_m",
     imatrix: Mapping[str, torch.Tensor] | None = None,
-    disable_opt_rtn: bool = False,
+    start: Start = Start.SEARCH,
     tokenizer_pre: str | None = None,
 ) -> Path:
     """Quantize a float model to ``mix`` and write it to ``out_path`` (atomically).
 
     Default: optimised RTN, i.e. llama.cpp's scale searches, importance-weighted for the Linears
     found in ``imatrix`` (HF module name -> (in_features,) mean squared activations).
-    ``disable_opt_rtn``: plain min/max rounding instead of the searches.
+    ``start``: ``Start.MINMAX`` for plain min/max rounding instead of the searches (``search_mode``).
     """
     spec = mix_spec(mix)  # unknown mix: fails here, before any work
     arch_spec(model)  # unknown architecture: idem
@@ -42,14 +42,10 @@ def export_gguf(
         logger.warning("q2_k_s without an importance matrix: llama.cpp refuses this mix without one (quality suffers)")
     plan = gguf_plan(model, mix, has_imatrix=bool(imatrix))
     logger.debug("GGUF plan for %s:\n%s", mix, format_plan(plan))
-    if disable_opt_rtn:
-        mode = SearchMode.RTN
-    else:
-        mode = SearchMode.IMATRIX if imatrix else SearchMode.REF
     t0 = time.perf_counter()
     path = write_gguf(
         model, tokenizer, out_path, {n: c.qtype for n, c in plan.items()},
-        file_type=int(spec.file_type), imatrix=imatrix, mode=mode, tokenizer_pre=tokenizer_pre,
+        file_type=int(spec.file_type), imatrix=imatrix, start=start, tokenizer_pre=tokenizer_pre,
     )
     logger.info("exported %s as %s in %.1f s", type(model).__name__, mix, time.perf_counter() - t0)
     return path

@@ -22,7 +22,7 @@ from ...formats import Format, gguf_mix, is_gguf
 from ...formats.gguf_mixes import mix_spec
 from ...formats.gguf_tensors import hf_tensor_types
 from ...model.arch import tied_embeddings
-from ...quant.gguf import GGMLType, GGUFQuantized, SearchMode
+from ...quant.gguf import GGMLType, GGUFQuantized
 from ..registry import ExportInput, register_writer
 from .writer import write_gguf
 
@@ -89,11 +89,10 @@ def write_gguf_checkpoint(data: ExportInput, folder: Path, mix: str) -> Path:
         imatrix[emb] = imatrix[plan.lm_head]  # the tied output matmul runs on token_embd
     if mix == "q2_k_s" and not imatrix:
         logger.warning("q2_k_s without an importance matrix: llama.cpp refuses this mix without one (quality suffers)")
-    opt_rtn = data.settings.get("opt_rtn", True)
     name = _model_name(data)
     return write_gguf(
         model, data.tokenizer, folder / gguf_file_name(name, mix), tensor_types, quantized,
-        file_type=int(spec.file_type), imatrix=imatrix, mode=None if opt_rtn else SearchMode.RTN, name=name,
+        file_type=int(spec.file_type), imatrix=imatrix, start=data.start, name=name,
     )
 
 

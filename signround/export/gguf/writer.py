@@ -35,10 +35,12 @@ from ...quant.gguf import (
     encode_tensor,
     parse_type,
     quantize_tensor,
+    search_mode,
     type_facts,
 )
 from ...formats.gguf_arch import arch_spec, write_hparams
 from ...formats.gguf_tensors import TensorSource, model_tensors
+from ...method import Start
 from .vocab import vocab_from_tokenizer, write_vocab
 
 __all__ = ["WriterState", "GGUFModelWriter", "write_gguf"]
@@ -62,7 +64,7 @@ class GGUFModelWriter:
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, tensor_types: Mapping[str, GGMLType | str],
                  file_type: int, quantized: Mapping[str, GGUFQuantized] | None = None,
-                 imatrix: Mapping[str, torch.Tensor] | None = None, mode: SearchMode | str | None = None,
+                 imatrix: Mapping[str, torch.Tensor] | None = None, start: Start = Start.SEARCH,
                  tokenizer_pre: str | None = None, name: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.spec = arch_spec(model)
@@ -70,7 +72,7 @@ class GGUFModelWriter:
         self.file_type = int(file_type)
         self.quantized = dict(quantized or {})
         self.imatrix = dict(imatrix or {})
-        self.mode = None if mode is None else SearchMode(mode)
+        self.start = Start(start)
         self.tokenizer_pre = tokenizer_pre
         self.name = name
         self.state = WriterState.CREATED
@@ -123,10 +125,9 @@ class GGUFModelWriter:
         q = self.quantized.get(src.hf_name)
         if q is None and not type_facts(qtype).is_float:
             im = self.imatrix.get(_module_name(src.hf_name))
-            mode = self.mode
-            if im is None and mode is SearchMode.IMATRIX:
-                mode = SearchMode.REF  # as llama.cpp: tensors the imatrix does not cover use the plain search
-            q = quantize_tensor(t, qtype, imatrix=im, mode=mode, name=src.gguf_name)
+            mode = search_mode(self.start, im is not None)
+            q = quantize_tensor(t, qtype, imatrix=im if mode is SearchMode.IMATRIX else None, mode=mode,
+                                name=src.gguf_name)
         if q is not None:
             if src.row_permutation is not None:
                 q = q.select_rows(src.row_permutation)
@@ -187,7 +188,7 @@ def write_gguf(
     *,
     file_type: int,
     imatrix: Mapping[str, torch.Tensor] | None = None,
-    mode: SearchMode | str | None = None,
+    start: Start = Start.SEARCH,
     tokenizer_pre: str | None = None,
     name: str | None = None,
 ) -> Path:
@@ -195,8 +196,8 @@ def write_gguf(
 
     ``quantized`` maps HF parameter names (``model.layers.0.mlp.down_proj.weight``) to already
     quantized tensors in HF row order; ``imatrix`` maps HF Linear module names to (in_features,)
-    importances for the tensors quantized here; ``mode`` is their search mode (default: IMATRIX
-    where an imatrix is given, else REF). ``file_type`` is the ``gguf.LlamaFileType`` value.
+    importances for the tensors quantized here; ``start`` chooses their search (``search_mode``: IMATRIX
+    where an imatrix is given, else REF; RTN for ``Start.MINMAX``). ``file_type`` is the ``gguf.LlamaFileType`` value.
     """
-    writer = GGUFModelWriter(model, tokenizer, tensor_types, file_type, quantized, imatrix, mode, tokenizer_pre, name)
+    writer = GGUFModelWriter(model, tokenizer, tensor_types, file_type, quantized, imatrix, start, tokenizer_pre, name)
     return writer.check().encode().write(path)
