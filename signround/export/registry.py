@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ExportInput:
-    model: torch.nn.Module  # weights of quantized layers already hold their dequantized codes
+    """Everything a writer reads: the typed results, never numbers left on the model by the block loop."""
+
+    model: torch.nn.Module  # config, float tensors and tokenizer side; quantized layers are read from ``weights``
     tokenizer: Any
     plan: QuantPlan
     weights: dict[str, QuantizedWeight]
