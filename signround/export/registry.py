@@ -19,9 +19,10 @@ from ..method import Start
 from ..plan import QuantPlan
 from ..quant.types import QuantizedWeight
 from ..record import write_run
+from ..schemes import QuantScheme
 from .io import atomic_output_dir
 
-__all__ = ["ExportInput", "register_writer", "WRITERS", "export_model", "export_dir_name"]
+__all__ = ["ExportInput", "register_writer", "WRITERS", "export_model", "export_dir_name", "output_dir_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,15 @@ def register_writer(fmt: Format) -> Callable[[Writer], Writer]:
     return deco
 
 
-def export_dir_name(model_name: str, plan: QuantPlan, fmt: Format) -> str:
+def output_dir_name(model_name: str, default: QuantScheme, fmt: Format) -> str:
+    """The directory one format is written to under ``output_dir``; known before the model loads (pre-flight)."""
     if is_gguf(fmt):
         return f"{model_name}-gguf-{gguf_mix(fmt)}"
-    return f"{model_name}-{plan.default.short_name()}-{fmt.value}"
+    return f"{model_name}-{default.short_name()}-{fmt.value}"
+
+
+def export_dir_name(model_name: str, plan: QuantPlan, fmt: Format) -> str:
+    return output_dir_name(model_name, plan.default, fmt)
 
 
 def export_model(data: ExportInput, fmt: Format, target: "str | Path", overwrite: bool = False) -> Path:

@@ -185,6 +185,7 @@ def test_sigterm_during_export_leaves_nothing(tmp_path):
 
 
 def test_export_model_writes_the_run_record_and_refuses_a_foreign_dir(tiny, calib_ids, tmp_path):
+    from signround.export.registry import export_dir_name, output_dir_name
     from signround.formats import Format
     from tests.helpers import export_tiny, quantize_tiny
 
@@ -198,3 +199,6 @@ def test_export_model_writes_the_run_record_and_refuses_a_foreign_dir(tiny, cali
     assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
     out = export_tiny(model, plan, result, Format.AUTO_ROUND, tmp_path / "q")
     assert json.loads((out / "signround.json").read_text())["format"] == "auto_round"
+    # the pre-flight knows each format's directory from the scheme alone, before the model loads
+    assert output_dir_name("m", plan.default, Format.AUTO_ROUND) == export_dir_name("m", plan, Format.AUTO_ROUND) \
+        == "m-w4g128-auto_round"
