@@ -95,7 +95,7 @@ def quiet_stderr():
 
 def uniform_imatrix(model) -> dict[str, torch.Tensor]:
     """An importance matrix of ones for every 2-D weight but token_embd, keyed by GGUF name: no information."""
-    from signround.export.gguf import model_tensors
+    from signround.formats.gguf_tensors import model_tensors
 
     return {s.gguf_name: torch.ones(s.tensor.shape[1]) for s in model_tensors(model)
             if s.tensor.dim() == 2 and s.gguf_name != "token_embd.weight"}
@@ -167,7 +167,8 @@ def main() -> None:
 
     from signround.calib import heldout_text
     from signround.eval.metrics import windows
-    from signround.export.gguf import export_gguf, model_tensors
+    from signround.export.gguf import export_gguf
+    from signround.formats.gguf_tensors import model_tensors
     from signround.model.loading import load_model
     from signround.testing import smollm2_hf_dir
 

@@ -59,7 +59,9 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from signround.export.gguf import export_gguf, model_tensors
+    from signround.export.gguf import export_gguf
+    from signround.formats.gguf_tensors import model_tensors
+    from signround.method import Start
     from signround.testing import smollm2_hf_dir
 
     folder = smollm2_hf_dir()
@@ -79,7 +81,8 @@ def main() -> None:
                     continue  # llama.cpp requires an imatrix for q2_k_s
                 start = time.perf_counter()
                 path = export_gguf(model, tokenizer, tmp / f"{mix}-{mode}.gguf", mix,
-                                   imatrix=imatrix if mode == "imatrix" else None, disable_opt_rtn=mode == "rtn")
+                                   imatrix=imatrix if mode == "imatrix" else None,
+                                   start=Start.MINMAX if mode == "rtn" else Start.SEARCH)
                 seconds = time.perf_counter() - start
                 size = path.stat().st_size
                 same, llama_s = "-", "-"

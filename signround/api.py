@@ -23,7 +23,7 @@ import torch
 
 from .config import RunConfig, resolve_run
 from .errors import BadInputError
-from .export.formats import Format, is_gguf, parse_formats
+from .formats import Format, is_gguf, parse_formats
 from .export.registry import ExportInput, export_model
 from .model.arch import arch_facts, max_positions
 from .model.loading import LoadedModel, load_model
@@ -179,7 +179,7 @@ class AutoRound:
         log = {"blocks": {i: {k: v for k, v in b.items() if k not in _TIMING_KEYS} for i, b in self.result.blocks.items()},
                "layers": self.result.layers}
         data = ExportInput(self.model, self.tokenizer, self._plan, self.result.weights, self.settings(),
-                           self.loaded.source, log, imatrix=self.result.imatrix)
+                           self.loaded.source, log, imatrix=self.result.imatrix, start=self.run.start)
         return [export_model(data, fmt, target, overwrite=overwrite) for fmt, target in zip(fmts, targets)]
 
     def quantize_and_save(self, output_dir: "str | Path" = "tmp_signround", format: str | None = None,

@@ -137,7 +137,7 @@ def _list(argv: Sequence[str]) -> int:
     p.add_argument("what", choices=["format", "scheme", "recipe"])
     args = p.parse_args(argv)
     if args.what == "format":
-        from .export.formats import format_table
+        from .formats import format_table
 
         print(format_table())
     elif args.what == "scheme":

@@ -106,7 +106,7 @@ class RunConfig:
 def _iters(opts: UserOptions, formats: Iterable[Any]) -> int:
     if opts.is_given("iters"):
         return opts.get("iters")
-    from .export.formats import is_gguf
+    from .formats import is_gguf
 
     if any(is_gguf(f) for f in formats):
         return GGUF_DEFAULT_ITERS

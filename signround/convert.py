@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 
 from .export.auto_round import auto_round_packing, auto_round_quantization_config, packed_layer_tensors, packed_state_dict
-from .export.io import atomic_output_dir, save_tensors
+from .errors import OutputPathError
+from .export.io import atomic_output_dir, check_output_target, save_tensors
 from .inference.checkpoint import QuantizedCheckpoint, read_checkpoint, read_config
 from .inference.layouts import CheckpointError
 from .inference.load import model_skeleton
 from .model.arch import arch_facts
 from .plan import LayerPlan, QuantPlan, linear_shape, is_linear
+from .record import read_run, write_run
 from .schemes import KEEP, QuantScheme
 
 __all__ = ["convert_to_auto_round", "checkpoint_plan"]
@@ -70,11 +72,24 @@ def _check_zero_range(ckpt: QuantizedCheckpoint) -> None:
                 f"cannot be converted exactly")
 
 
-def convert_to_auto_round(source: "str | Path", output_dir: "str | Path") -> Path:
-    """Write ``source`` (a GPTQ or AWQ checkpoint directory) to ``output_dir`` in the auto_round format."""
+def _check_apart(folder: Path, target: Path) -> None:
+    """The output may be neither the source, nor inside it, nor hold it (replacing it would delete the source)."""
+    src, out = folder.resolve(), target.resolve()
+    if out == src or src in out.parents:
+        raise OutputPathError(f"output_dir {target} is inside the source checkpoint {folder}; choose a directory "
+                              f"outside it")
+    if out in src.parents:
+        raise OutputPathError(f"output_dir {target} contains the source checkpoint {folder}; choose another directory")
+
+
+def convert_to_auto_round(source: "str | Path", output_dir: "str | Path", overwrite: bool = False) -> Path:
+    """Write ``source`` (a GPTQ or AWQ checkpoint directory) to ``output_dir`` in the auto_round format.
+
+    ``output_dir`` is the output itself: new, empty, or (with ``overwrite``) a previous signround output.
+    """
     folder, target = Path(source), Path(output_dir)
-    if folder.resolve() == target.resolve():
-        raise ValueError(f"output_dir {target} is the source checkpoint; choose another directory")
+    _check_apart(folder, target)
+    check_output_target(target, overwrite)  # before reading the source: a refused output costs nothing
     config = read_config(folder)
     model, widths = model_skeleton(folder, torch.float32)
     ckpt = read_checkpoint(folder, widths)
@@ -83,7 +98,7 @@ def convert_to_auto_round(source: "str | Path", output_dir: "str | Path") -> Pat
     packing, offset = auto_round_packing(plan)
     tensors = packed_state_dict(ckpt.tensors, ckpt.layers, lambda qw: packed_layer_tensors(qw, offset))
     config = dict(config, quantization_config=auto_round_quantization_config(plan, packing, {}))
-    with atomic_output_dir(target) as tmp:
+    with atomic_output_dir(target, overwrite) as tmp:
         save_tensors(tensors, tmp)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for f in sorted(folder.iterdir()):
@@ -91,10 +106,10 @@ def convert_to_auto_round(source: "str | Path", output_dir: "str | Path") -> Pat
                 shutil.copy2(f, tmp / f.name)
         run = {"format": "auto_round", "converted_from": str(folder), "source_method": ckpt.method,
                "source_layout": ckpt.layout.value, "plan": plan.to_dict()}
-        old = folder / "signround.json"
-        if old.is_file():
-            run["source_model"] = json.loads(old.read_text()).get("source_model", "")
-        (tmp / "signround.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
+        previous = read_run(folder)
+        if previous:
+            run["source_model"] = previous.get("source_model", "")
+        write_run(tmp, run)
     logger.info("converted %d %s layers (%s layout) from %s to auto_round (%s) in %s", len(ckpt.layers), ckpt.method,
                 ckpt.layout.value, folder, packing, target)
     return target

@@ -8,7 +8,7 @@ a layer_config key that matches nothing (a warning naming it).
 layer_config key precedence (AutoRound reference §2.10, STYLE rule 12): an exact layer name wins;
 then the first key that is a plain substring of the name; then the first regex (``re.search``).
 
-With a GGUF format the mix decides each tensor's ggml type as llama.cpp would (``export/gguf/mixes``:
+With a GGUF format the mix decides each tensor's ggml type as llama.cpp would (``formats/gguf_mixes``:
 attn_v/ffn_down upgrades, output in Q6_K, shape fallbacks), reasons included; the lm_head is part of
 the file (``output.weight``) whatever ``quant_lm_head`` says, and the tensors that are no Linear
 (``token_embd``) are listed in ``QuantPlan.extra``. layer_config may still name a ggml type per layer.
@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .export.formats import FORMATS, Format, check_layer, gguf_mix, is_gguf
+from .formats import FORMATS, Format, check_group_sizes, check_layer, gguf_mix, is_gguf
 from .model.arch import ArchFacts, get_module, tied_embeddings
 from .schemes import KEEP, QuantScheme, gguf_scheme, resolve_scheme
 
@@ -240,7 +240,7 @@ def build_plan(
     gguf_fmt = next((f for f in formats if is_gguf(f)), None)
     gguf_types = None
     if gguf_fmt is not None:
-        from .export.gguf.export import hf_tensor_types
+        from .formats.gguf_tensors import hf_tensor_types
 
         gguf_types = hf_tensor_types(model, gguf_mix(gguf_fmt), has_imatrix)  # unknown architecture: raises here
     tied = tied_embeddings(model)
@@ -297,9 +297,13 @@ def _gguf_layer(name, shape, chosen, scheme, reason, tied_head, gguf_types) -> t
 def _check_formats(plan: QuantPlan, arch: ArchFacts, formats: list[Format]) -> None:
     for fmt in formats:
         for p in plan.quantized():
-            problem = check_layer(fmt, p.scheme, p.name, p.shape, is_lm_head=p.name == plan.lm_head)
+            problem = check_layer(fmt, p.scheme, p.name, p.shape, is_lm_head=p.name == plan.lm_head,
+                                  in_blocks=p.block is not None)
             if problem:
                 raise ValueError(problem + " (use format 'fake' for any scheme, or change the scheme)")
+        problem = check_group_sizes(fmt, {p.name: p.scheme for p in plan.quantized()})
+        if problem:
+            raise ValueError(problem)
         if not FORMATS[fmt].fuses_qkv:
             continue
         for b in range(plan.n_blocks):

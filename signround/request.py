@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from .config import RunConfig, resolve_run
 from .errors import BadInputError
-from .export.formats import Format, gguf_mix, is_gguf, parse_formats
+from .formats import Format, gguf_mix, is_gguf, parse_formats
 from .export.registry import export_dir_name
 from .options import UserOptions
 from .schemes import KEEP, PRESETS, QuantScheme, gguf_preset_mix, resolve_scheme

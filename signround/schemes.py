@@ -11,7 +11,7 @@ Conventions (see AutoRound reference §2.2):
 - ``data_type="gguf"``: the layer is stored in one ggml block type (``ggml_type``, e.g. ``"Q4_K"``);
   bits, group size and symmetry are that type's facts, never chosen freely (``gguf_scheme``). The
   ``GGUF:<MIX>`` presets name a llama.cpp mix (AutoRound reference §5.5): the mix gives each tensor
-  its own type (``export/gguf/mixes.py``), the preset's scheme is the mix's default type.
+  its own type (``formats/gguf_mixes.py``), the preset's scheme is the mix's default type.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .export.gguf.mixes import MIXES
+from .formats.gguf_mixes import MIXES
 from .quant.gguf.types import format_of, parse_type
 
 __all__ = ["QuantScheme", "PRESETS", "GGUF_PRESETS", "resolve_scheme", "preset_names", "gguf_scheme",
@@ -123,7 +123,7 @@ def gguf_scheme(ggml_type: str) -> "QuantScheme":
 
 KEEP = QuantScheme(bits=16, group_size=0, sym=True, data_type="float")
 
-# GGUF presets, one per quantized llama.cpp mix (the mix table is export/gguf/mixes.py): preset -> mix.
+# GGUF presets, one per quantized llama.cpp mix (the mix table is formats/gguf_mixes.py): preset -> mix.
 GGUF_PRESETS: dict[str, str] = {
     f"GGUF:{mix.upper()}": mix for mix, spec in MIXES.items() if not format_of(spec.default).facts.is_float
 }

@@ -150,7 +150,8 @@ def tensor_check(path: "str | Path", float_model: torch.nn.Module | None = None)
     """(tensors compared, mismatches, (worst tensor, its rel error to the float weight)) for one GGUF file."""
     import gguf
 
-    from .export.gguf import model_tensors, read_gguf_tensors
+    from .export.gguf import read_gguf_tensors
+    from .formats.gguf_tensors import model_tensors
     from .quant.gguf import decode_tensor
 
     stored = read_gguf_tensors(path)

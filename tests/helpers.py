@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.export.registry import ExportInput, export_model
 from signround.model.arch import arch_facts
 from signround.plan import build_plan

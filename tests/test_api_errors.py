@@ -97,7 +97,7 @@ def test_plain_rtn_needs_no_data(tiny, tmp_path):
 
 def test_calibration_size_defaults_to_tuning_or_importance_matrix_needs():
     from signround.config import resolve_run
-    from signround.export.formats import Format
+    from signround.formats import Format
     from signround.options import UserOptions
 
     def size(fmts=(), **given):

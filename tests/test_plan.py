@@ -3,8 +3,9 @@
 import logging
 
 import pytest
+import torch
 
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.model.arch import arch_facts
 from signround.plan import build_plan
 from signround.schemes import resolve_scheme
@@ -93,3 +94,26 @@ def test_plan_is_serialisable(tiny):
 
     d = json.loads(_plan(tiny("opt")).to_json())
     assert d["layers"]["model.decoder.layers.0.fc1"]["scheme"]["bits"] == 4
+
+
+def test_gptq_refuses_a_quantized_layer_outside_the_blocks_in_the_plan(tiny):
+    model = tiny("llama")
+    model.model.extra_proj = torch.nn.Linear(128, 128, bias=False)  # a Linear outside the decoder blocks
+    cfg = {"model.extra_proj": "W4A16"}
+    assert _plan(model, layer_config=cfg, formats=[Format.AUTO_ROUND]).layers["model.extra_proj"].quantized
+    with pytest.raises(ValueError, match=r"format auto_gptq quantizes only layers inside the decoder blocks and the "
+                                         r"lm_head; layer model.extra_proj is outside"):
+        _plan(model, layer_config=cfg, formats=[Format.AUTO_GPTQ])
+    assert _plan(model, quant_lm_head=True, formats=[Format.AUTO_GPTQ]).layers["lm_head"].quantized
+
+
+def test_awq_group_size_rules_fail_in_the_plan_naming_the_layer(tiny):
+    model = tiny("llama")
+    with pytest.raises(ValueError, match=r"auto_awq needs a positive group_size, got -1 \(per-channel\) at layer "
+                                         r"model.layers.0.self_attn.q_proj"):
+        _plan(model, scheme="W4A16", layer_config={"model.layers.0.self_attn.q_proj": {"group_size": -1}},
+              formats=[Format.AUTO_AWQ])
+    with pytest.raises(ValueError, match=r"auto_awq has one group_size for the whole model, got \[64, 128\] .*"
+                                         r"model.layers.0.mlp.down_proj=64"):
+        _plan(model, layer_config={"mlp.down_proj": {"group_size": 64}}, formats=[Format.AUTO_AWQ])
+    assert _plan(model, layer_config={"mlp.down_proj": {"group_size": 64}}, formats=[Format.AUTO_ROUND]).quantized()

@@ -35,7 +35,7 @@ from ..plan import QuantPlan
 from ..quant.grouping import expand_groups, to_groups
 from ..quant.types import QuantizedWeight
 from .auto_round import packed_layer_tensors, write_packed_checkpoint
-from .formats import Format
+from ..formats import Format
 from .registry import ExportInput, register_writer
 
 __all__ = ["gptq_v1_weight", "gptq_layer_tensors", "gptq_quantization_config", "dynamic_key"]

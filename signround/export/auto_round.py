@@ -23,9 +23,9 @@ import torch
 
 from ..plan import QuantPlan
 from ..quant.types import QuantizedWeight
-from .formats import Format
+from ..formats import Format
 from .io import float_state_dict, save_model_files, save_tensors
-from .packing import pack_bits
+from ..formats.packing import pack_bits
 from .registry import ExportInput, register_writer
 
 __all__ = ["packed_layer_tensors", "packed_state_dict", "write_packed_checkpoint", "auto_round_packing", "auto_round_quantization_config", "GPTQ_PACKING", "PLAIN_PACKING"]

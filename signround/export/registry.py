@@ -14,10 +14,12 @@ from typing import Any, Callable
 
 import torch
 
+from ..formats import Format, gguf_mix, is_gguf
+from ..method import Start
 from ..plan import QuantPlan
 from ..quant.types import QuantizedWeight
+from ..record import write_run
 from ..schemes import QuantScheme
-from .formats import Format, gguf_mix, is_gguf
 from .io import atomic_output_dir
 
 __all__ = ["ExportInput", "register_writer", "WRITERS", "export_model", "export_dir_name"]
@@ -27,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ExportInput:
-    model: torch.nn.Module  # weights of quantized layers already hold their dequantized codes
+    """Everything a writer reads: the typed results, never numbers left on the model by the block loop."""
+
+    model: torch.nn.Module  # config, float tensors and tokenizer side; quantized layers are read from ``weights``
     tokenizer: Any
     plan: QuantPlan
     weights: dict[str, QuantizedWeight]
@@ -35,6 +39,7 @@ class ExportInput:
     source: str = ""  # the model the user quantized (for `signround eval`)
     log: dict[str, Any] = field(default_factory=dict)  # per-block and per-layer report
     imatrix: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> (in,) importance (GGUF)
+    start: Start = Start.SEARCH  # how tensors the writer quantizes itself (GGUF token_embd) choose their scales
 
 
 Writer = Callable[[ExportInput, Path], None]
@@ -59,7 +64,10 @@ def export_dir_name(model_name: str, scheme: QuantScheme, fmt: Format) -> str:
 
 
 def export_model(data: ExportInput, fmt: Format, target: "str | Path", overwrite: bool = False) -> Path:
-    """Write ``data`` in format ``fmt`` to the directory ``target``, atomically."""
+    """Write ``data`` in format ``fmt`` to the directory ``target``, atomically.
+
+    ``target`` must be new, empty, or (with ``overwrite``) a previous signround output (``io.check_output_target``).
+    """
     from . import auto_awq, auto_gptq, auto_round, fake  # noqa: F401  (writers register themselves)
     from .gguf import pipeline  # noqa: F401
 
@@ -67,10 +75,10 @@ def export_model(data: ExportInput, fmt: Format, target: "str | Path", overwrite
         known = ", ".join(f.value for f in WRITERS)
         raise ValueError(f"no writer for format {fmt.value}; available: {known}")
     target = Path(target)
-    with atomic_output_dir(target) as tmp:
+    with atomic_output_dir(target, overwrite) as tmp:
         WRITERS[fmt](data, tmp)
-        run = {"format": fmt.value, "source_model": data.source, "settings": data.settings, "plan": data.plan.to_dict()}
-        (tmp / "signround.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
+        write_run(tmp, {"format": fmt.value, "source_model": data.source, "settings": data.settings,
+                        "plan": data.plan.to_dict()})
         if data.log:
             (tmp / "quant_log.json").write_text(json.dumps(data.log, indent=1, default=str) + "\n")
     logger.info("wrote %s checkpoint to %s", fmt.value, target)

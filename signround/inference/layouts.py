@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 
-from ..export.auto_awq import unpack_awq
-from ..export.packing import unpack_bits
+from ..formats.awq_packing import unpack_awq
+from ..formats.packing import unpack_bits
 from ..errors import BadInputError
 from ..quant.grouping import num_groups
 from ..quant.types import QuantizedWeight

@@ -3,7 +3,8 @@
 The starting point is llama.cpp's own choice for the type (``signround.quant.gguf.quantize_tensor``):
 the importance-weighted scale/min searches with the double-quantized k-quant sub-scales when an
 importance matrix was collected (optimised RTN), llama.cpp's reference search without one, or plain
-min/max rounding (``optimize=False``, ``--disable_opt_rtn``). AutoRound reference §3.3.
+min/max rounding (``optimize=False``, ``--disable_opt_rtn``), as ``quant.gguf.search_mode`` decides.
+AutoRound reference §3.3.
 
 SignRound then tunes one rounding offset ``v`` per weight, ``q = round(w / s + v)``, with every
 block parameter (super-scale ``d``, ``dmin``, the quantized sub-scales and sub-mins) held fixed at
@@ -19,20 +20,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..method import Start
 from ..plan import LayerPlan
-from ..quant.gguf import GGUFQuantized, SearchMode, fake_quantize, quantize_tensor, requantize
+from ..quant.gguf import GGUFQuantized, SearchMode, fake_quantize, quantize_tensor, requantize, search_mode
 from .layer import V_BOUND, register_layer_state
 
-__all__ = ["GGUFLayerState", "make_gguf_state", "gguf_search_mode"]
+__all__ = ["GGUFLayerState", "make_gguf_state"]
 
 logger = logging.getLogger(__name__)
-
-
-def gguf_search_mode(optimize: bool, imatrix: torch.Tensor | None) -> SearchMode:
-    """``IMATRIX`` with an importance matrix, ``REF`` (llama.cpp without one), ``RTN`` when not optimising."""
-    if not optimize:
-        return SearchMode.RTN
-    return SearchMode.IMATRIX if imatrix is not None else SearchMode.REF
 
 
 @dataclass
@@ -92,7 +87,7 @@ def make_gguf_state(
     if plan.conv1d:
         w = w.t()
     w = w.contiguous()  # (out, in)
-    mode = gguf_search_mode(optimize, imatrix)
+    mode = search_mode(Start.SEARCH if optimize else Start.MINMAX, imatrix is not None)
     init = quantize_tensor(w, plan.scheme.ggml_type, imatrix=imatrix if mode is SearchMode.IMATRIX else None,
                            mode=mode, name=plan.name)
     return GGUFLayerState(plan=plan, local_name=local_name, w=w, init=init)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from signround.export.auto_awq import AWQ_ORDER, pack_awq, unpack_awq
-from signround.export.formats import Format
+from signround.formats.awq_packing import AWQ_ORDER, pack_awq, unpack_awq
+from signround.formats import Format
 from signround.inference.load import load_quantized
 from tests.helpers import export_tiny, logits, quantize_tiny
 

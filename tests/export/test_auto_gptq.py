@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from signround.export.auto_gptq import gptq_v1_weight
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.inference.load import load_quantized
 from signround.quant.types import QuantizedWeight
 from tests.helpers import export_tiny, logits, quantize_tiny
@@ -19,7 +19,7 @@ SCHEMES = [
 
 
 def _reference_decode(qweight, qzeros, scales, bits, group_size):
-    """A plain-Python GPTQ v1 decoder (2/4/8 bits), independent of signround.export.packing."""
+    """A plain-Python GPTQ v1 decoder (2/4/8 bits), independent of signround.formats.packing."""
     per = 32 // bits
     mask = 2**bits - 1
     k_dim, n_dim = qweight.shape[0] * per, qweight.shape[1]

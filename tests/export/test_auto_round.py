@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from signround.export.auto_round import GPTQ_PACKING, PLAIN_PACKING
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.inference.load import load_quantized
 from signround.inference.qlinear import QuantLinear
 from tests.helpers import export_tiny, logits, quantize_tiny

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from signround.export.gguf import export_gguf, load_gguf_state_dict, model_tensors, read_gguf_tensors
+from signround.export.gguf import export_gguf, load_gguf_state_dict, read_gguf_tensors
+from signround.formats.gguf_tensors import model_tensors
 from signround.quant.gguf import GGMLType, decode_tensor, type_facts
 
 from .gguf_testlib import llama_logits, llama_quantize, tiny_arch_model, tiny_spm_tokenizer, tiny_tokenizer

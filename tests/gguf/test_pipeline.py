@@ -12,11 +12,13 @@ import torch
 
 from signround import AutoRound
 from signround.cli import main as cli_main
-from signround.export.formats import Format, parse_formats
 from signround.export.gguf import load_gguf_state_dict, read_gguf_tensors
+from signround.export.registry import ExportInput, export_model
+from signround.formats import Format, parse_formats
+from signround.method import Start
 from signround.model.arch import arch_facts
 from signround.plan import build_plan
-from signround.quant.gguf import GGMLType, quantize_tensor
+from signround.quant.gguf import GGMLType, SearchMode, quantize_tensor, search_mode
 from signround.schemes import GGUF_PRESETS, PRESETS, QuantScheme, gguf_scheme, resolve_scheme
 from signround.testing import tiny_model
 from signround.tune.gguf_layer import make_gguf_state
@@ -241,3 +243,20 @@ def test_tied_token_embd_is_quantized_with_the_lm_head_importance(tmp_path, tok)
     qtype, _, data = read_gguf_tensors(_one_gguf(folder))["token_embd.weight"]
     assert qtype is GGMLType.Q6_K
     assert np.array_equal(np.asarray(data).view(np.uint8).reshape(expected.shape), expected)
+
+
+@pytest.mark.parametrize("start, mode", [(Start.MINMAX, "rtn"), (Start.SEARCH, "ref")])
+def test_the_writer_quantizes_its_own_tensors_as_export_input_start_says(start, mode, tmp_path, tok):
+    """token_embd is no planned Linear: the GGUF writer quantizes it, with the search ``ExportInput.start`` picks."""
+    model = tiny_arch_model("llama")
+    plan = build_plan(model, arch_facts(model), gguf_scheme("q4_0"), formats=[Format.GGUF_Q4_0])
+    weights = {p.name: quantize_tensor(model.get_submodule(p.name).weight.detach(), p.scheme.ggml_type, mode=mode)
+               for p in plan.quantized()}
+    folder = export_model(ExportInput(model, tok, plan, weights, source="tiny", start=start), Format.GGUF_Q4_0,
+                          tmp_path / "g")
+    stored = read_gguf_tensors(_one_gguf(folder))["token_embd.weight"]
+    emb = model.get_input_embeddings().weight.detach()
+    expected = quantize_tensor(emb, "Q4_0", mode=mode).to_bytes().numpy()
+    assert stored[0] is GGMLType.Q4_0
+    assert np.array_equal(np.asarray(stored[2]).view(np.uint8).reshape(expected.shape), expected)
+    assert search_mode(start, has_imatrix=True) is (SearchMode.RTN if start is Start.MINMAX else SearchMode.IMATRIX)

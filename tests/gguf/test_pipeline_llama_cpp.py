@@ -85,8 +85,9 @@ def test_verify_passes_on_tiny_exports_and_runs_from_the_directory(tmp_path, fmt
 
 
 def test_verify_flags_a_tensor_that_is_not_the_float_weight(tmp_path):
-    from signround.export.gguf import gguf_plan, write_gguf
-    from signround.export.gguf.mixes import mix_spec
+    from signround.export.gguf import write_gguf
+    from signround.formats.gguf_tensors import gguf_plan
+    from signround.formats.gguf_mixes import mix_spec
     from signround.quant.gguf import quantize_tensor
 
     from .gguf_testlib import tiny_arch_model, tiny_tokenizer

@@ -8,16 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from signround.export.gguf import (
-    GGUFModelWriter,
-    export_gguf,
-    gguf_plan,
-    load_gguf_state_dict,
-    model_tensors,
-    read_gguf_tensors,
-    write_gguf,
-)
-from signround.export.gguf.arch import qk_row_permutation
+from signround.export.gguf import GGUFModelWriter, export_gguf, load_gguf_state_dict, read_gguf_tensors, write_gguf
+from signround.formats.gguf_arch import qk_row_permutation
+from signround.formats.gguf_tensors import gguf_plan, model_tensors
 from signround.quant.gguf import GGMLType, quantize_tensor, requantize
 from signround.testing import tiny_model
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.inference import backends
 from signround.inference.backends import Backend, select_backend
 from signround.inference.layouts import Layout

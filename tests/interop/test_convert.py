@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from signround.cli import main
 from signround.convert import convert_to_auto_round
-from signround.export.formats import Format
+from signround.errors import OutputPathError
+from signround.formats import Format
 from signround.inference.checkpoint import CheckpointError
 from signround.inference.load import load_quantized
 from tests.helpers import export_tiny, logits, quantize_tiny
@@ -104,3 +105,51 @@ def test_not_a_quantized_checkpoint(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="config.json has no quantization_config: not a quantized checkpoint"):
         convert_to_auto_round(tmp_path / "float", tmp_path / "out")
     assert main(["convert", "--model", str(tmp_path / "nothing"), "--output_dir", str(tmp_path / "o")]) == 2
+
+
+@pytest.fixture
+def gptq_src(tiny, calib_ids, tmp_path):
+    """A GPTQ checkpoint at tmp_path/P/src, next to the user's file P/other.txt."""
+    model = tiny("llama")
+    plan, result = quantize_tiny(model, calib_ids, iters=0, formats=(Format.AUTO_GPTQ,))
+    src = export_tiny(model, plan, result, Format.AUTO_GPTQ, tmp_path / "P" / "src")
+    (tmp_path / "P" / "other.txt").write_text("mine")
+    return src
+
+
+def _listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_convert_into_the_sources_parent_deletes_nothing(gptq_src, tmp_path):
+    parent = tmp_path / "P"
+    before = _listing(parent)
+    assert main(["convert", "--model", str(gptq_src), "--output_dir", str(parent), "-q"]) == 2
+    with pytest.raises(OutputPathError, match="contains the source checkpoint"):
+        convert_to_auto_round(gptq_src, parent, overwrite=True)
+    assert _listing(parent) == before and (parent / "other.txt").read_text() == "mine"
+    with pytest.raises(OutputPathError, match="inside the source checkpoint"):
+        convert_to_auto_round(gptq_src, gptq_src / "ar")
+    assert _listing(parent) == before
+
+
+def test_convert_onto_a_file_or_a_foreign_directory_is_refused(gptq_src, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    for target in (tmp_path / "P" / "other.txt", foreign):
+        with pytest.raises(OutputPathError, match=str(target)):
+            convert_to_auto_round(gptq_src, target, overwrite=True)
+    assert (tmp_path / "P" / "other.txt").read_text() == "mine"
+    assert _listing(foreign) == ["keep.txt"]
+
+
+def test_convert_replaces_its_own_output_only_with_overwrite(gptq_src, tmp_path):
+    out = convert_to_auto_round(gptq_src, tmp_path / "ar")
+    (out / "extra.txt").write_text("from the first run")
+    with pytest.raises(OutputPathError, match="--overwrite"):
+        convert_to_auto_round(gptq_src, out)
+    assert (out / "extra.txt").exists()
+    convert_to_auto_round(gptq_src, out, overwrite=True)
+    assert not (out / "extra.txt").exists()
+    _assert_same_values(gptq_src, out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.export.registry import ExportInput, export_model
 from tests.helpers import logits, quantize_tiny
 from tests.interop.common import assert_close, byte_tokenizer, hf_logits, needs

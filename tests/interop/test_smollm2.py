@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from signround.api import AutoRound
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.inference.load import load_quantized
 from signround.verify import Tolerances, prompt_ids, verify_checkpoint
 from tests.interop.common import needs

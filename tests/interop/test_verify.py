@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from signround.cli import main
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.export.registry import ExportInput, export_model
 from signround.inference import third_party
 from signround.inference.third_party import Loader

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.export.registry import ExportInput, export_model
 from signround.inference.load import load_quantized
 from tests.helpers import quantize_tiny

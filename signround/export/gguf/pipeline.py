@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from ...quant.gguf import GGMLType, GGUFQuantized, SearchMode
-from ..formats import Format, gguf_mix, is_gguf
+from ...formats import Format, gguf_mix, is_gguf
+from ...formats.gguf_mixes import mix_spec
+from ...formats.gguf_tensors import hf_tensor_types
+from ...model.arch import tied_embeddings
+from ...quant.gguf import GGMLType, GGUFQuantized
 from ..registry import ExportInput, register_writer
-from .export import hf_tensor_types
-from .mixes import mix_spec
 from .writer import write_gguf
 
 __all__ = ["write_gguf_checkpoint", "gguf_file_name", "find_gguf_file"]
@@ -53,8 +54,9 @@ def _model_name(data: ExportInput) -> str:
 
 
 def _embedding_module(model: torch.nn.Module) -> str | None:
-    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
-    if emb is None or out is None or out.weight is not emb.weight:
+    """The input embedding's module name when the lm_head is tied to it (its matmul then runs on token_embd)."""
+    emb = model.get_input_embeddings()
+    if emb is None or not tied_embeddings(model):
         return None
     return next((n for n, m in model.named_modules() if m is emb), None)
 
@@ -87,11 +89,10 @@ def write_gguf_checkpoint(data: ExportInput, folder: Path, mix: str) -> Path:
         imatrix[emb] = imatrix[plan.lm_head]  # the tied output matmul runs on token_embd
     if mix == "q2_k_s" and not imatrix:
         logger.warning("q2_k_s without an importance matrix: llama.cpp refuses this mix without one (quality suffers)")
-    opt_rtn = data.settings.get("opt_rtn", True)
     name = _model_name(data)
     return write_gguf(
         model, data.tokenizer, folder / gguf_file_name(name, mix), tensor_types, quantized,
-        file_type=int(spec.file_type), imatrix=imatrix, mode=None if opt_rtn else SearchMode.RTN, name=name,
+        file_type=int(spec.file_type), imatrix=imatrix, start=data.start, name=name,
     )
 
 

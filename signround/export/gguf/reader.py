@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ...quant.gguf import GGMLType, decode_tensor
-from .writer import model_tensors
+from ...formats.gguf_tensors import model_tensors
 
 __all__ = ["read_gguf_tensors", "load_gguf_state_dict"]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,12 +35,15 @@ from ...quant.gguf import (
     encode_tensor,
     parse_type,
     quantize_tensor,
+    search_mode,
     type_facts,
 )
-from .arch import ArchSpec, arch_spec, layer_count, qk_row_permutation, write_hparams
+from ...formats.gguf_arch import arch_spec, write_hparams
+from ...formats.gguf_tensors import TensorSource, model_tensors
+from ...method import Start
 from .vocab import vocab_from_tokenizer, write_vocab
 
-__all__ = ["WriterState", "TensorSource", "model_tensors", "GGUFModelWriter", "write_gguf"]
+__all__ = ["WriterState", "GGUFModelWriter", "write_gguf"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,57 +55,6 @@ class WriterState(str, Enum):
     WRITTEN = "written"
 
 
-@dataclass(frozen=True)
-class TensorSource:
-    """One tensor of the model as it will appear in the file."""
-
-    hf_name: str
-    gguf_name: str
-    tensor: torch.Tensor  # HF layout, before the arch transforms
-    row_permutation: torch.Tensor | None = None  # llama q/k: file rows = tensor rows[perm]
-    add: float = 0.0  # gemma norms: stored value = tensor + add
-
-    @property
-    def gguf_shape(self) -> tuple[int, ...]:
-        return tuple(self.tensor.shape)
-
-
-def _is_tied(model: torch.nn.Module) -> bool:
-    out, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    return out is not None and emb is not None and out.weight is emb.weight
-
-
-def model_tensors(model: torch.nn.Module, spec: ArchSpec | None = None) -> list[TensorSource]:
-    """Every tensor of ``model`` with its GGUF name; raises on a tensor the arch map does not know."""
-    spec = spec or arch_spec(model)
-    config = model.config
-    name_map = gguf.get_tensor_name_map(spec.gguf_arch, layer_count(config))
-    n_head = int(config.num_attention_heads)
-    n_kv = int(getattr(config, "num_key_value_heads", None) or n_head)
-    tied = _is_tied(model)
-    sources, unknown = [], []
-    for hf_name, t in model.state_dict(keep_vars=False).items():
-        if tied and hf_name == "lm_head.weight":
-            continue
-        new = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if new is None:
-            unknown.append(hf_name)
-            continue
-        perm = None
-        if spec.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-            perm = qk_row_permutation(t.shape[0], n_head)
-        elif spec.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-            perm = qk_row_permutation(t.shape[0], n_kv)
-        add = spec.norm_offset if hf_name.endswith("norm.weight") else 0.0
-        sources.append(TensorSource(hf_name, new, t.detach(), perm, add))
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} tensors have no GGUF name for arch {spec.arch_name}: {', '.join(unknown[:6])}"
-            + (" ..." if len(unknown) > 6 else "")
-        )
-    return sources
-
-
 def _module_name(hf_name: str) -> str:
     return hf_name.rsplit(".", 1)[0]
 
@@ -113,7 +64,7 @@ class GGUFModelWriter:
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, tensor_types: Mapping[str, GGMLType | str],
                  file_type: int, quantized: Mapping[str, GGUFQuantized] | None = None,
-                 imatrix: Mapping[str, torch.Tensor] | None = None, mode: SearchMode | str | None = None,
+                 imatrix: Mapping[str, torch.Tensor] | None = None, start: Start = Start.SEARCH,
                  tokenizer_pre: str | None = None, name: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.spec = arch_spec(model)
@@ -121,7 +72,7 @@ class GGUFModelWriter:
         self.file_type = int(file_type)
         self.quantized = dict(quantized or {})
         self.imatrix = dict(imatrix or {})
-        self.mode = None if mode is None else SearchMode(mode)
+        self.start = Start(start)
         self.tokenizer_pre = tokenizer_pre
         self.name = name
         self.state = WriterState.CREATED
@@ -174,10 +125,9 @@ class GGUFModelWriter:
         q = self.quantized.get(src.hf_name)
         if q is None and not type_facts(qtype).is_float:
             im = self.imatrix.get(_module_name(src.hf_name))
-            mode = self.mode
-            if im is None and mode is SearchMode.IMATRIX:
-                mode = SearchMode.REF  # as llama.cpp: tensors the imatrix does not cover use the plain search
-            q = quantize_tensor(t, qtype, imatrix=im, mode=mode, name=src.gguf_name)
+            mode = search_mode(self.start, im is not None)
+            q = quantize_tensor(t, qtype, imatrix=im if mode is SearchMode.IMATRIX else None, mode=mode,
+                                name=src.gguf_name)
         if q is not None:
             if src.row_permutation is not None:
                 q = q.select_rows(src.row_permutation)
@@ -238,7 +188,7 @@ def write_gguf(
     *,
     file_type: int,
     imatrix: Mapping[str, torch.Tensor] | None = None,
-    mode: SearchMode | str | None = None,
+    start: Start = Start.SEARCH,
     tokenizer_pre: str | None = None,
     name: str | None = None,
 ) -> Path:
@@ -246,8 +196,8 @@ def write_gguf(
 
     ``quantized`` maps HF parameter names (``model.layers.0.mlp.down_proj.weight``) to already
     quantized tensors in HF row order; ``imatrix`` maps HF Linear module names to (in_features,)
-    importances for the tensors quantized here; ``mode`` is their search mode (default: IMATRIX
-    where an imatrix is given, else REF). ``file_type`` is the ``gguf.LlamaFileType`` value.
+    importances for the tensors quantized here; ``start`` chooses their search (``search_mode``: IMATRIX
+    where an imatrix is given, else REF; RTN for ``Start.MINMAX``). ``file_type`` is the ``gguf.LlamaFileType`` value.
     """
-    writer = GGUFModelWriter(model, tokenizer, tensor_types, file_type, quantized, imatrix, mode, tokenizer_pre, name)
+    writer = GGUFModelWriter(model, tokenizer, tensor_types, file_type, quantized, imatrix, start, tokenizer_pre, name)
     return writer.check().encode().write(path)

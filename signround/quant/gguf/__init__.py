@@ -15,13 +15,14 @@ from .api import (
     requantize,
     unpack_tensor,
 )
-from .formats import BlockFormat, BlockParams, GGMLFormat, SearchMode
+from .formats import BlockFormat, BlockParams, GGMLFormat, SearchMode, search_mode
 from .types import GGMLType, TypeFacts, format_of, parse_type, registered_types, type_facts
 
 __all__ = [
     "GGMLType",
     "TypeFacts",
     "SearchMode",
+    "search_mode",
     "BlockParams",
     "BlockFormat",
     "GGMLFormat",

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .formats import BlockFormat, BlockParams, SearchMode
+from ...method import Start
+from .formats import BlockFormat, BlockParams, SearchMode, search_mode
 from .floats import FloatFormat
 from .types import GGMLType, format_of, parse_type
 
@@ -121,7 +122,7 @@ class GGUFQuantized:
 
 def _resolve_mode(mode: SearchMode | str | None, imatrix: torch.Tensor | None) -> SearchMode:
     if mode is None:
-        return SearchMode.IMATRIX if imatrix is not None else SearchMode.REF
+        return search_mode(Start.SEARCH, imatrix is not None)
     return SearchMode(mode)
 
 

@@ -26,9 +26,10 @@ from typing import ClassVar
 
 import torch
 
+from ...method import Start
 from .types import GGMLType, TypeFacts, register_format
 
-__all__ = ["SearchMode", "BlockParams", "GGMLFormat", "BlockFormat", "Rounding", "round_ste"]
+__all__ = ["SearchMode", "search_mode", "BlockParams", "GGMLFormat", "BlockFormat", "Rounding", "round_ste"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,17 @@ class SearchMode(str, Enum):
     RTN = "rtn"
     REF = "ref"
     IMATRIX = "imatrix"
+
+
+def search_mode(start: Start, has_imatrix: bool) -> SearchMode:
+    """The one place a run's start and the presence of an importance matrix choose a tensor's search.
+
+    ``Start.MINMAX`` -> ``RTN``; ``Start.SEARCH`` -> ``IMATRIX`` where the tensor has an imatrix, else
+    ``REF`` (as llama.cpp: tensors the imatrix does not cover use the plain search).
+    """
+    if not start.searches:
+        return SearchMode.RTN
+    return SearchMode.IMATRIX if has_imatrix else SearchMode.REF
 
 
 class Rounding(str, Enum):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from signround.export.gguf import MIXES, format_plan, mix_spec, plan_tensor_types
+from signround.formats.gguf_mixes import MIXES, format_plan, mix_spec, plan_tensor_types
 from signround.quant.gguf import GGMLType as T
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from signround.export.packing import pack_bits, unpack_bits
+from signround.formats.packing import pack_bits, unpack_bits
 
 
 @pytest.mark.parametrize("bits", range(2, 9))

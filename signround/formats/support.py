@@ -4,17 +4,22 @@ One table read by the plan (to fail before calibration), by ``signround list for
 A validator returns the first mismatch as "supports X, got Y, at layer Z".
 
 GGUF formats are one member per llama.cpp mix (``gguf:q4_k_m``): the mix decides every tensor's
-ggml type (``export/gguf/mixes.py``), so a run writes at most one GGUF format and no other format.
+ggml type (``formats/gguf_mixes.py``), so a run writes at most one GGUF format and no other format.
+
+Below the plan and the exporters: both import this, it imports neither (QuantScheme is a type only).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING, Mapping
 
-from ..schemes import QuantScheme
+if TYPE_CHECKING:
+    from ..schemes import QuantScheme
 
-__all__ = ["Format", "FormatSpec", "FORMATS", "parse_formats", "check_layer", "format_table", "gguf_mix", "is_gguf"]
+__all__ = ["Format", "FormatSpec", "FORMATS", "parse_formats", "check_layer", "check_group_sizes", "format_table",
+           "gguf_mix", "is_gguf"]
 
 GGUF_PREFIX = "gguf:"
 
@@ -67,6 +72,9 @@ class FormatSpec:
     lm_head: bool = False  # can hold a quantized lm_head
     out_multiple: int = 1  # output features must be a multiple of this
     data_types: frozenset[str] = frozenset({"int"})  # scheme data types the format stores
+    outside_blocks: bool = True  # can hold quantized layers outside the decoder blocks (besides the lm_head)
+    positive_group_size: bool = False  # no per-channel (-1) / per-tensor (0) groups
+    one_group_size: bool = False  # one group_size for every quantized layer of the model
 
 
 FORMATS: dict[Format, FormatSpec] = {
@@ -86,6 +94,7 @@ FORMATS: dict[Format, FormatSpec] = {
         bits=frozenset({2, 3, 4, 8}),
         fuses_qkv=True,
         lm_head=True,
+        outside_blocks=False,  # GPTQ loaders build QuantLinears only inside block_name_to_quantize (and lm_head)
     ),
     Format.AUTO_AWQ: FormatSpec(
         "AWQ GEMM checkpoint (quant_method awq); transformers+gptqmodel, vLLM",
@@ -93,6 +102,8 @@ FORMATS: dict[Format, FormatSpec] = {
         group_size_divides_in=True,
         fuses_qkv=True,
         out_multiple=8,
+        positive_group_size=True,
+        one_group_size=True,  # quantization_config has one group_size and no per-layer overrides
     ),
     **{
         fmt: FormatSpec(
@@ -138,8 +149,12 @@ def parse_formats(spec: "str | list[str] | tuple[str, ...]") -> list[Format]:
     return out
 
 
-def check_layer(fmt: Format, scheme: QuantScheme, layer: str, shape: tuple[int, int], is_lm_head: bool = False) -> str | None:
-    """The first reason ``fmt`` cannot hold ``layer`` quantized with ``scheme``, or None."""
+def check_layer(fmt: Format, scheme: QuantScheme, layer: str, shape: tuple[int, int], is_lm_head: bool = False,
+                in_blocks: bool = True) -> str | None:
+    """The first reason ``fmt`` cannot hold ``layer`` quantized with ``scheme``, or None.
+
+    ``in_blocks``: the layer is inside the decoder blocks (the lm_head is not, and has its own rule).
+    """
     spec = FORMATS[fmt]
     out_f, in_f = shape
     if scheme.data_type not in spec.data_types:
@@ -150,6 +165,10 @@ def check_layer(fmt: Format, scheme: QuantScheme, layer: str, shape: tuple[int, 
     if scheme.sym not in spec.sym:
         want = "sym" if True in spec.sym else "asym"
         return f"format {fmt.value} supports only {want}, got {'sym' if scheme.sym else 'asym'} at layer {layer}"
+    if spec.positive_group_size and scheme.group_size <= 0:
+        kind = "per-channel" if scheme.group_size == -1 else "per-tensor"
+        return (f"format {fmt.value} needs a positive group_size, got {scheme.group_size} ({kind}) at layer {layer}; "
+                f"use a group size such as 128")
     if spec.group_size_divides_in and scheme.group_size > 0 and in_f % scheme.group_size:
         return (f"format {fmt.value} needs group_size to divide in_features: in_features {in_f} is not a multiple "
                 f"of group_size {scheme.group_size} at layer {layer}")
@@ -157,6 +176,23 @@ def check_layer(fmt: Format, scheme: QuantScheme, layer: str, shape: tuple[int, 
         return f"format {fmt.value} needs out_features to be a multiple of {spec.out_multiple}, got {out_f} at layer {layer}"
     if is_lm_head and not spec.lm_head:
         return f"format {fmt.value} cannot hold a quantized lm_head ({layer}); drop --quant_lm_head or use auto_round"
+    if not is_lm_head and not in_blocks and not spec.outside_blocks:
+        return (f"format {fmt.value} quantizes only layers inside the decoder blocks and the lm_head; layer {layer} is "
+                f"outside the blocks: keep it float or use format auto_round")
+    return None
+
+
+def check_group_sizes(fmt: Format, schemes: Mapping[str, QuantScheme]) -> str | None:
+    """The model-wide rule of ``fmt`` over every quantized layer's scheme (``{layer: scheme}``), or None."""
+    if not FORMATS[fmt].one_group_size:
+        return None
+    sizes: dict[int, str] = {}
+    for layer, scheme in schemes.items():
+        sizes.setdefault(scheme.group_size, layer)
+    if len(sizes) > 1:
+        detail = ", ".join(f"{layer}={size}" for size, layer in sizes.items())
+        return (f"format {fmt.value} has one group_size for the whole model, got {sorted(sizes)} (first layers: "
+                f"{detail}); give every layer the same group_size or use format auto_round")
     return None
 
 

@@ -25,7 +25,7 @@ from typing import Iterable
 
 import gguf
 
-from ...quant.gguf.types import GGMLType, type_facts
+from ..quant.gguf.types import GGMLType, type_facts
 
 __all__ = ["MixSpec", "MIXES", "TypeChoice", "mix_spec", "plan_tensor_types", "format_plan", "mix_names"]
 
