@@ -109,8 +109,8 @@ def load_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
             raise FileNotFoundError(f"model path not found: {source}")
         where = source  # a hub id
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model, info = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
     except OSError as e:
         if where == source and not path.exists():
             raise FileNotFoundError(

@@ -8,12 +8,14 @@ from safetensors.torch import load_file, save_file
 
 from signround.errors import BadInputError
 from signround.model.loading import load_model
+from tests.interop.common import byte_tokenizer
 
 
 @pytest.fixture
 def saved(tiny, tmp_path):
     model = tiny("llama")
     model.save_pretrained(tmp_path / "m")
+    byte_tokenizer().save_pretrained(tmp_path / "m")
     return tmp_path / "m", model
 
 
@@ -75,6 +77,7 @@ def test_nan_weight(saved):
 def test_tied_lm_head_stored_once_loads(tiny, tmp_path):
     model = tiny("gemma2")
     model.save_pretrained(tmp_path / "tied")
+    byte_tokenizer().save_pretrained(tmp_path / "tied")
     assert "lm_head.weight" not in load_file(str(tmp_path / "tied" / "model.safetensors"))
     loaded = load_model(str(tmp_path / "tied"), dtype="float32").model
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
