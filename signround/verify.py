@@ -148,7 +148,7 @@ def _float_logits(float_model: "str | torch.nn.Module", ids: torch.Tensor) -> to
         from .model.loading import load_model
         from .record import resolve_source
 
-        float_model = load_model(resolve_source(float_model), dtype="float32").model
+        float_model = load_model(resolve_source(float_model), dtype="float32", with_tokenizer=False).model
     with torch.no_grad():
         return float_model(input_ids=ids, use_cache=False).logits.float()
 

@@ -27,7 +27,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: object  # None when loaded with with_tokenizer=False
     source: str  # what the user passed, for logs and the exported config
     name: str  # short name for output directories
 
@@ -79,11 +79,13 @@ def _check_loaded(model: torch.nn.Module, info: dict, where: str, files: dict[st
             raise BadInputError(f"{files.get(name, where)}: {name} holds NaN/inf values (damaged checkpoint?)")
 
 
-def load_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_remote_code: bool = False) -> LoadedModel:
+def load_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_remote_code: bool = False,
+               with_tokenizer: bool = True) -> LoadedModel:
     """Load ``source`` (local dir, ``.gguf`` file or hub id) for quantization, in eval mode on CPU.
 
     A damaged local checkpoint (invalid config.json, truncated safetensors, missing tensors, NaN/inf
     weights) is a ``BadInputError`` naming the file and tensor, never a model with random weights.
+    ``with_tokenizer=False``: the model only (a float reference for verify needs no tokenizer).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -110,7 +112,7 @@ def load_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
         where = source  # a hub id
     try:
         model, info = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs) if with_tokenizer else None
     except OSError as e:
         if where == source and not path.exists():
             raise FileNotFoundError(
@@ -134,6 +136,6 @@ def load_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
             except AttributeError:
                 pass
     model.eval()
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+    if tokenizer is not None and tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, name=_short_name(source))
