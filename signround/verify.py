@@ -3,22 +3,20 @@
 Every loader of ``inference/third_party.py`` that reads the checkpoint's ``quant_method`` runs the
 same prompts (windows of the bundled held-out text, or seeded random ids when the directory has no
 tokenizer). Rows compare each loader with the reference loader (ours when it can read the
-checkpoint) and, when the float model is known (``signround.json``'s ``source_model`` or an explicit
-one), with the float model:
+checkpoint) and, when the float model is given, with the float model (``eval.metrics.compare_logits``:
+argmax agreement, relative error, mean KL).
 
-- ``argmax``: fraction of positions whose top token agrees;
-- ``rel``: ``||logits - ref|| / ||ref - mean_v(ref)||`` (0 = identical; a wrong bit layout gives ~1);
-- ``kl``: mean KL(P_ref || P_loader) in nats per position.
-
-The run fails (``VerifyReport.ok`` false, exit status 1) when a loader errors, or a comparison is
-beyond ``Tolerances``. Loaders that are not installed or have a known limit for this checkpoint are
-listed as skipped with the reason, and never fail the run.
+Every loader gets a status: reference, ran and agreed, ran and disagreed, failed, or unavailable
+(not installed, cannot read this checkpoint, not selected) with the reason. The verdict is PASS only
+when a loader other than signround's own ran and agreed and every comparison is within
+``Tolerances``; with only our loader it is NOT VERIFIED, which is not ok: our loader agreeing with
+itself proves nothing about the file. A checkpoint our loader finds damaged raises its
+``CheckpointError`` (exit 2) instead of giving a report.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import time
 from dataclasses import dataclass, field, fields
@@ -27,10 +25,14 @@ from typing import Any
 
 import torch
 
+from .errors import BadInputError
+from .eval.metrics import compare_logits
+from .inference.checkpoint import read_config
 from .inference.third_party import LOADERS, LogitsFn, checkpoint_method
 from .verify_gguf import gguf_prompt_ids, holds_gguf, verify_gguf
+from .verify_status import OURS, LoaderStatus, Verdict, status_lines
 
-__all__ = ["Tolerances", "Comparison", "VerifyReport", "verify_checkpoint", "compare_logits", "prompt_ids"]
+__all__ = ["Tolerances", "Comparison", "VerifyReport", "verify_checkpoint", "prompt_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,51 +64,64 @@ class Comparison:
 
 
 @dataclass
-class VerifyReport:
+class VerifyReport(Verdict):
     folder: Path
     method: str
     tokens: int
+    reference: str = ""  # the loader the others were compared with ("" when none ran)
     comparisons: list[Comparison] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # loader -> error message
-    skipped: dict[str, str] = field(default_factory=dict)  # loader -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # loader -> why it is unavailable
     seconds: dict[str, float] = field(default_factory=dict)  # loader -> load + forward time
 
     @property
-    def ok(self) -> bool:
-        return not self.errors and bool(self.seconds) and all(c.ok for c in self.comparisons)
+    def failed(self) -> bool:
+        return bool(self.errors) or any(not c.ok for c in self.comparisons)
+
+    @property
+    def verified_by(self) -> list[str]:
+        """Loaders other than ours that ran and agreed with another loader."""
+        agreed = {n for c in self.comparisons if c.against != "float" and c.ok for n in (c.loader, c.against)}
+        return [n for n in self.seconds if n in agreed and n != OURS]
+
+    @property
+    def ran(self) -> list[str]:
+        return list(self.seconds)
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        return self.skipped
+
+    def loader_status(self) -> dict[str, tuple[LoaderStatus, str]]:
+        """Every loader: its status and, for failed and unavailable ones, why."""
+        out: dict[str, tuple[LoaderStatus, str]] = {}
+        for name in self.seconds:
+            rows = [c for c in self.comparisons if c.loader == name and c.against != "float"]
+            if name == self.reference:
+                out[name] = (LoaderStatus.REFERENCE, "")
+            elif not rows:
+                out[name] = (LoaderStatus.NOT_COMPARED, "")
+            else:
+                out[name] = (LoaderStatus.AGREED if all(c.ok for c in rows) else LoaderStatus.DISAGREED, "")
+        out.update({n: (LoaderStatus.FAILED, e) for n, e in self.errors.items()})
+        out.update({n: (LoaderStatus.UNAVAILABLE, why) for n, why in self.skipped.items()})
+        return out
 
     def table(self, tol: Tolerances) -> str:
         rows = [("loader", "vs", "argmax", "rel", "kl", "status")]
         for c in self.comparisons:
             rows.append((c.loader, c.against, f"{c.argmax:.4f}", f"{c.rel:.5f}", f"{c.kl:.5f}", "ok" if c.ok else "FAIL"))
-        for name, err in self.errors.items():
-            rows.append((name, "-", "-", "-", "-", f"ERROR: {err}"))
-        for name, why in self.skipped.items():
-            rows.append((name, "-", "-", "-", "-", f"skipped: {why}"))
         w = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = [f"{self.folder} ({self.method}, {self.tokens} positions)"]
         lines += ["  ".join(r[i].ljust(w[i]) for i in range(5)) + "  " + r[5] for r in rows]
         lines.insert(2, "-" * (sum(w) + 14))
+        lines += status_lines(self.loader_status())
         lines.append(f"tolerances: between loaders rel <= {tol.loader_rel_max}, kl <= {tol.loader_kl_max}, argmax >= "
                      f"{tol.loader_argmax_min}; vs float kl <= {tol.float_kl_max}, argmax >= {tol.float_argmax_min}")
         if self.seconds:
             lines.append("load + forward seconds: " + ", ".join(f"{n} {t:.1f}" for n, t in self.seconds.items()))
-        if not self.seconds and not self.errors:
-            lines.append(f"no installed loader reads quant_method {self.method!r}")
-        lines.append("verdict: " + ("PASS" if self.ok else "FAIL"))
+        lines.append("verdict: " + self.verdict)
         return "\n".join(lines)
-
-
-def compare_logits(logits: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, float]:
-    """(argmax agreement, relative error, mean KL(P_ref || P)) of (B, T, V) logits against a reference."""
-    if logits.shape != ref.shape:
-        raise ValueError(f"logits of shape {tuple(logits.shape)} cannot be compared with {tuple(ref.shape)}")
-    a, r = logits.double(), ref.double()
-    argmax = float((a.argmax(-1) == r.argmax(-1)).double().mean())
-    rel = float((a - r).norm() / (r - r.mean(-1, keepdim=True)).norm().clamp_min(1e-12))
-    lp, lr = torch.log_softmax(a, -1), torch.log_softmax(r, -1)
-    kl = float((lr.exp() * (lr - lp)).sum(-1).mean())
-    return argmax, rel, kl
 
 
 def prompt_ids(folder: Path, n_prompts: int = 4, length: int = 64, tokenizer: Any = None) -> torch.Tensor:
@@ -123,25 +138,17 @@ def prompt_ids(folder: Path, n_prompts: int = 4, length: int = 64, tokenizer: An
         ids = tokenizer(heldout_text()[: 40 * n_prompts * length], return_tensors="pt").input_ids.flatten()
         if ids.numel() >= n_prompts * length:
             return ids[: n_prompts * length].reshape(n_prompts, length)
-    vocab = int(json.loads((folder / "config.json").read_text()).get("vocab_size", 512))
+    vocab = int(read_config(folder).get("vocab_size", 512))
     logger.info("%s has no tokenizer: using seeded random token ids (vocab %d)", folder, vocab)
     return torch.randint(0, vocab, (n_prompts, length), generator=torch.Generator().manual_seed(0))
 
 
 def _float_logits(float_model: "str | torch.nn.Module", ids: torch.Tensor) -> torch.Tensor:
-    if isinstance(float_model, str) and Path(float_model).is_dir():
-        from transformers import AutoModelForCausalLM
-
-        float_model = AutoModelForCausalLM.from_pretrained(float_model, dtype=torch.float32).eval()
-    elif isinstance(float_model, str):  # a .gguf file, pkg:NAME or a hub id
+    if isinstance(float_model, str):  # a directory, .gguf file, pkg:NAME or hub id, loaded strictly (no random fill)
         from .model.loading import load_model
+        from .record import resolve_source
 
-        source = float_model
-        if source.startswith("pkg:"):
-            from .testing import package_gguf_path
-
-            source = str(package_gguf_path(source[4:]))
-        float_model = load_model(source, dtype="float32").model
+        float_model = load_model(resolve_source(float_model), dtype="float32", with_tokenizer=False).model
     with torch.no_grad():
         return float_model(input_ids=ids, use_cache=False).logits.float()
 
@@ -170,8 +177,9 @@ def verify_checkpoint(folder: "str | Path", float_model: "str | torch.nn.Module 
         ids = prompt_ids(folder)
     report = VerifyReport(folder, method or "none", int(ids.numel()))
     outputs: dict[str, torch.Tensor] = {}
-    for name, loader in LOADERS.items():
+    for name, loader in sorted(LOADERS.items(), key=lambda kv: kv[0] != OURS):  # ours first: it rejects damage
         if loaders is not None and name not in loaders:
+            report.skipped[name] = "not selected (--loaders)"
             continue
         if method not in loader.methods:
             report.skipped[name] = f"does not read quant_method {method!r}"
@@ -184,6 +192,8 @@ def verify_checkpoint(folder: "str | Path", float_model: "str | torch.nn.Module 
         t0 = time.time()
         try:
             outputs[name] = _run_loader(loader.load, folder, ids)
+        except BadInputError:  # our reader found the checkpoint damaged: that is the answer, not a report row
+            raise
         except Exception as e:  # a third-party loader may fail in any way; the report says how
             logger.warning("loader %s failed on %s: %s: %s", name, folder, type(e).__name__, e)
             report.errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -192,14 +202,14 @@ def verify_checkpoint(folder: "str | Path", float_model: "str | torch.nn.Module 
         logger.info("loader %s: %.1f s", name, report.seconds[name])
     if not outputs:
         return report
-    ref_name = "signround" if "signround" in outputs else next(iter(outputs))
+    report.reference = OURS if OURS in outputs else next(iter(outputs))
     tol = tolerances
     for name, logits in outputs.items():
-        if name == ref_name:
+        if name == report.reference:
             continue
-        am, rel, kl = compare_logits(logits, outputs[ref_name])
+        am, rel, kl = compare_logits(logits, outputs[report.reference])
         ok = rel <= tol.loader_rel_max and kl <= tol.loader_kl_max and am >= tol.loader_argmax_min
-        report.comparisons.append(Comparison(name, ref_name, am, rel, kl, ok))
+        report.comparisons.append(Comparison(name, report.reference, am, rel, kl, ok))
     if float_model is not None:
         ref = _float_logits(float_model, ids)
         for name, logits in outputs.items():

@@ -14,11 +14,14 @@ Two independent checks of one ``.gguf`` file (a file, or a directory holding exa
 
 The float model is the ``source_model`` recorded in ``signround.json`` next to the file, or given.
 Without it only the tensor check and a llama.cpp run (finite logits) are possible.
+
+As for safetensors checkpoints (``verify_status.py``), the verdict is PASS only when gguf-py or
+llama.cpp ran and agreed with our decoding; a file our reader cannot parse is a ``CheckpointError``.
 """
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import logging
 import os
 import time
@@ -28,6 +31,11 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from .eval.metrics import compare_logits
+from .inference.layouts import CheckpointError
+from .record import recorded_float_model, resolve_source
+from .verify_status import OURS, LoaderStatus, Verdict, status_lines
 
 __all__ = [
     "GGUFTolerances",
@@ -63,7 +71,7 @@ class GGUFTolerances:
 
 
 @dataclass
-class GGUFVerifyReport:
+class GGUFVerifyReport(Verdict):
     path: Path
     tokens: int
     tolerances: GGUFTolerances
@@ -74,12 +82,26 @@ class GGUFVerifyReport:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    loaders: dict[str, tuple[LoaderStatus, str]] = field(default_factory=dict)  # loader -> (status, why)
 
     @property
-    def ok(self) -> bool:
-        tol = self.tolerances
-        return (not self.errors and not self.tensor_mismatch and self.tensors > 0 and all(r[5] for r in self.rows)
-                and self.worst_tensor[1] <= tol.tensor_rel_max)
+    def failed(self) -> bool:
+        return (bool(self.errors) or bool(self.tensor_mismatch) or not all(r[5] for r in self.rows)
+                or self.worst_tensor[1] > self.tolerances.tensor_rel_max)
+
+    @property
+    def verified_by(self) -> list[str]:
+        """Loaders other than ours that ran and agreed with our decoding of the file."""
+        return [n for n, (status, _) in self.loaders.items() if status == LoaderStatus.AGREED]
+
+    @property
+    def ran(self) -> list[str]:
+        return [n for n, (status, _) in self.loaders.items() if status not in (LoaderStatus.UNAVAILABLE,
+                                                                               LoaderStatus.FAILED)]
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        return {n: why for n, (status, why) in self.loaders.items() if status == LoaderStatus.UNAVAILABLE}
 
     def table(self, _tolerances: Any = None) -> str:
         """The report as text (the argument is accepted for the shape of ``verify.VerifyReport.table``)."""
@@ -96,12 +118,17 @@ class GGUFVerifyReport:
         body = [(a, b, f"{am:.4f}", f"{rel:.5f}", f"{kl:.5f}", "ok" if ok else "FAIL") for a, b, am, rel, kl, ok in self.rows]
         w = [max(len(r[i]) for r in [header, *body]) for i in range(6)]
         lines += ["  ".join(r[i].ljust(w[i]) for i in range(6)) for r in [header, *body]]
+        lines += status_lines(self.loaders)
         lines += [f"ERROR: {e}" for e in self.errors] + [f"note: {n}" for n in self.notes]
         lines.append(f"tolerances: llama.cpp vs ours rel <= {tol.engine_rel_max}, kl <= {tol.engine_kl_max}, argmax >= "
                      f"{tol.engine_argmax_min}; vs float kl <= {tol.float_kl_max}, argmax >= {tol.float_argmax_min}; "
                      f"tensor rel <= {tol.tensor_rel_max}")
-        lines.append("verdict: " + ("PASS" if self.ok else "FAIL"))
+        lines.append("verdict: " + self.verdict)
         return "\n".join(lines)
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def holds_gguf(path: "str | Path") -> bool:
@@ -137,24 +164,26 @@ def llama_cpp_logits(path: "str | Path", rows: torch.Tensor, n_threads: int = 1)
     return torch.from_numpy(np.stack(list(iter_llama_cpp_logits(path, rows, n_threads))))
 
 
-def _compare(logits: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, float]:
-    """(argmax agreement, ||a - r|| / ||r - mean_v(r)||, mean KL(P_ref || P)) of (..., V) logits."""
-    a, r = logits.double(), ref.double()
-    argmax = float((a.argmax(-1) == r.argmax(-1)).double().mean())
-    rel = float((a - r).norm() / (r - r.mean(-1, keepdim=True)).norm().clamp_min(1e-12))
-    lp, lr = torch.log_softmax(a, -1), torch.log_softmax(r, -1)
-    return argmax, rel, float((lr.exp() * (lr - lp)).sum(-1).mean())
+def read_file_tensors(path: "str | Path") -> dict:
+    """Our reader's view of the file (``export.gguf.read_gguf_tensors``); a file it cannot parse is a CheckpointError."""
+    from .export.gguf import read_gguf_tensors
+
+    try:
+        return read_gguf_tensors(path)
+    except Exception as e:  # gguf-py's parser raises ValueError, IndexError... on a truncated or corrupted file
+        raise CheckpointError(f"{path}: cannot read it as a GGUF file: {type(e).__name__}: {e} "
+                              f"(truncated or corrupted file?)") from e
 
 
-def tensor_check(path: "str | Path", float_model: torch.nn.Module | None = None) -> tuple[int, list[str], tuple[str, float]]:
+def tensor_check(path: "str | Path", float_model: torch.nn.Module | None = None,
+                 stored: dict | None = None) -> tuple[int, list[str], tuple[str, float]]:
     """(tensors compared, mismatches, (worst tensor, its rel error to the float weight)) for one GGUF file."""
     import gguf
 
-    from .export.gguf import read_gguf_tensors
     from .formats.gguf_tensors import model_tensors
     from .quant.gguf import decode_tensor
 
-    stored = read_gguf_tensors(path)
+    stored = read_file_tensors(path) if stored is None else stored
     sources = {s.gguf_name: s for s in model_tensors(float_model)} if float_model is not None else {}
     mismatch, worst = [], ("", 0.0)
     for name, (qtype, shape, data) in stored.items():
@@ -197,29 +226,12 @@ def gguf_prompt_ids(path: "str | Path", n_prompts: int = 4, length: int = 64, to
     return ids[: n_prompts * length].reshape(n_prompts, length)
 
 
-def _float_source(path: Path, float_model: Any) -> Any:
-    if float_model is not None:
-        return float_model
-    run = (path if path.is_dir() else path.parent) / "signround.json"
-    if run.is_file():
-        source = json.loads(run.read_text()).get("source_model") or None
-        if source and (source.startswith("pkg:") or Path(source).exists()):
-            return source
-        if source:
-            logger.warning("source model %r recorded in %s is not found here; pass float_model", source, run)
-    return None
-
-
 def _load_float(source: Any) -> tuple[torch.nn.Module, Any]:
     if isinstance(source, torch.nn.Module):
         return source, None
     from .model.loading import load_model
 
-    if source.startswith("pkg:"):
-        from .testing import package_gguf_path
-
-        source = str(package_gguf_path(source[4:]))
-    loaded = load_model(source, dtype="float32")
+    loaded = load_model(resolve_source(source), dtype="float32")
     return loaded.model, loaded.tokenizer
 
 
@@ -237,42 +249,61 @@ def verify_gguf(path: "str | Path", float_model: "str | torch.nn.Module | None" 
     tol = tolerances if isinstance(tolerances, GGUFTolerances) else GGUFTolerances()
     if tolerances is not None and not isinstance(tolerances, GGUFTolerances):  # verify.Tolerances: its float bounds
         tol = GGUFTolerances(float_kl_max=tolerances.float_kl_max, float_argmax_min=tolerances.float_argmax_min)
-    source = _float_source(Path(path), float_model)
+    source = float_model if float_model is not None else recorded_float_model(Path(path))
     model, tokenizer = _load_float(source) if source is not None else (None, None)
-    if ids is None:
+    stored = read_file_tensors(file)  # a damaged file stops here, before any report
+    have_cpp = _installed("llama_cpp")
+    if ids is None and have_cpp:
         ids = gguf_prompt_ids(file, n_prompts, length, tokenizer)
-    report = GGUFVerifyReport(file, int(ids.numel()), tol)
+    report = GGUFVerifyReport(file, int(ids.numel()) if ids is not None else 0, tol)
     t0 = time.time()
     try:
-        report.tensors, report.tensor_mismatch, report.worst_tensor = tensor_check(file, model)
+        report.tensors, report.tensor_mismatch, report.worst_tensor = tensor_check(file, model, stored)
     except Exception as e:  # noqa: BLE001 - the report names any failure of the decoders
         report.errors.append(f"tensor check: {type(e).__name__}: {e}")
+        report.loaders["gguf-py"] = (LoaderStatus.FAILED, f"tensor check: {type(e).__name__}: {e}")
+    else:
+        report.loaders[OURS] = (LoaderStatus.REFERENCE, f"{report.tensors} tensors decoded")
+        report.loaders["gguf-py"] = ((LoaderStatus.DISAGREED, f"{len(report.tensor_mismatch)} tensors differ")
+                                     if report.tensor_mismatch else (LoaderStatus.AGREED, "every tensor bit-identical")
+                                     if report.tensors else (LoaderStatus.NOT_COMPARED, "the file holds no tensor"))
     report.seconds["tensors"] = round(time.time() - t0, 2)
+    if not have_cpp:
+        report.loaders["llama.cpp"] = (LoaderStatus.UNAVAILABLE, "not installed: llama_cpp (pip install -r "
+                                                                  "requirements/llama-cpp.txt)")
+        return report
     t0 = time.time()
     try:
         cpp = llama_cpp_logits(file, ids, n_threads)
     except Exception as e:  # noqa: BLE001 - llama.cpp may fail in any way; the report says how
-        report.errors.append(f"llama.cpp: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        report.errors.append(f"llama.cpp: {error}")
+        report.loaders["llama.cpp"] = (LoaderStatus.FAILED, error)
         return report
     report.seconds["llama.cpp"] = round(time.time() - t0, 2)
     if not bool(torch.isfinite(cpp).all()):
         report.errors.append("llama.cpp produced non-finite logits")
+        report.loaders["llama.cpp"] = (LoaderStatus.FAILED, "non-finite logits")
+        return report
     if model is None:
         report.notes.append("no float model known (signround.json source_model, or pass one): logits not compared")
+        report.loaders["llama.cpp"] = (LoaderStatus.NOT_COMPARED, "no float model known to run our decoding")
         return report
     ours_model = copy.deepcopy(model)
     state = load_gguf_state_dict(file, model)
     missing, unexpected = ours_model.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
         report.errors.append(f"state dict from the file: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        report.loaders["llama.cpp"] = (LoaderStatus.NOT_COMPARED, "our decoding does not fit the float model")
         return report
     with torch.no_grad():
         ours = ours_model(input_ids=ids, use_cache=False).logits.float()
         ref = model(input_ids=ids, use_cache=False).logits.float()
-    am, rel, kl = _compare(cpp, ours)
+    am, rel, kl = compare_logits(cpp, ours)
     ok = rel <= tol.engine_rel_max and kl <= tol.engine_kl_max and am >= tol.engine_argmax_min
     report.rows.append(("llama.cpp", "signround (file decoded)", am, rel, kl, ok))
+    report.loaders["llama.cpp"] = (LoaderStatus.AGREED if ok else LoaderStatus.DISAGREED, "")
     for what, logits in (("llama.cpp", cpp), ("signround (file decoded)", ours)):
-        am, rel, kl = _compare(logits, ref)
+        am, rel, kl = compare_logits(logits, ref)
         report.rows.append((what, "float", am, rel, kl, kl <= tol.float_kl_max and am >= tol.float_argmax_min))
     return report

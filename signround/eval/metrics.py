@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["EvalResult", "windows", "evaluate", "perplexity"]
+__all__ = ["EvalResult", "LogitAgreement", "windows", "evaluate", "perplexity", "token_kl", "compare_logits"]
 
 
 @dataclass
@@ -24,6 +25,30 @@ class EvalResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class LogitAgreement(NamedTuple):
+    """How close logits are to reference logits (a tuple, so ``argmax, rel, kl = compare_logits(...)`` works)."""
+
+    argmax: float  # fraction of positions whose top token agrees
+    rel: float  # ||logits - ref|| / ||ref - mean_v(ref)||: 0 = identical, ~1 = unrelated (a wrong bit layout)
+    kl: float  # mean KL(P_ref || P) in nats per position
+
+
+def token_kl(log_p_ref: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """KL(P_ref || P) at every position of (..., V) log-probabilities: a (...) tensor."""
+    return (log_p_ref.exp() * (log_p_ref - log_p)).sum(-1)
+
+
+def compare_logits(logits: torch.Tensor, ref: torch.Tensor) -> LogitAgreement:
+    """Agreement of (..., V) logits with reference logits of the same shape, computed in float64."""
+    if logits.shape != ref.shape:
+        raise ValueError(f"logits of shape {tuple(logits.shape)} cannot be compared with {tuple(ref.shape)}")
+    a, r = logits.double(), ref.double()
+    argmax = float((a.argmax(-1) == r.argmax(-1)).double().mean())
+    rel = float((a - r).norm() / (r - r.mean(-1, keepdim=True)).norm().clamp_min(1e-12))
+    kl = float(token_kl(torch.log_softmax(r, -1), torch.log_softmax(a, -1)).mean())
+    return LogitAgreement(argmax, rel, kl)
 
 
 def windows(input_ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
@@ -58,7 +83,7 @@ def evaluate(model: torch.nn.Module, rows: torch.Tensor, float_model: torch.nn.M
         if float_model is not None:
             lp_f = _log_probs(float_model, batch)
             nll_f -= float(lp_f.gather(-1, target).sum())
-            kl += float((lp_f.exp() * (lp_f - lp)).sum())
+            kl += float(token_kl(lp_f, lp).sum())
         count += target.numel()
     return EvalResult(
         ppl=math.exp(nll / count),

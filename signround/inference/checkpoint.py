@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import safe_open
@@ -28,8 +29,11 @@ from safetensors import safe_open
 from ..quant.types import QuantizedWeight
 from .layouts import CheckpointError, LayerSpec, Layout, decode_layer
 
-__all__ = ["LayerSpec", "QuantizedCheckpoint", "QuantConfigView", "read_checkpoint", "read_config",
-           "parse_quant_config", "CheckpointError", "AUTO_ROUND_PACKINGS", "QUANT_METHODS"]
+__all__ = ["LayerSpec", "QuantizedCheckpoint", "QuantConfigView", "read_checkpoint", "read_config", "read_tensors",
+           "tensor_locations", "tensor_files", "has_safetensors", "parse_quant_config", "CheckpointError",
+           "AUTO_ROUND_PACKINGS", "QUANT_METHODS"]
+
+INDEX_FILE = "model.safetensors.index.json"
 
 AUTO_ROUND_PACKINGS: dict[str, Layout] = {  # auto-round packing_format -> tensor layout
     "auto_round:auto_gptq": Layout.GPTQ,
@@ -65,25 +69,42 @@ class QuantizedCheckpoint:
     layout: Layout
     method: str
     specs: dict[str, LayerSpec]  # what the config says about each packed layer (group_size -1: per row)
+    where: dict[str, str] = field(default_factory=dict)  # tensor name -> path of its file (for messages)
 
 
 def read_config(folder: "str | Path") -> dict[str, Any]:
+    """config.json of a checkpoint directory as a dict, or a CheckpointError naming the file."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {folder}")
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder} is not a model checkpoint: no config.json")
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
 
 
-def _tensor_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
+def has_safetensors(folder: Path) -> bool:
+    return (folder / INDEX_FILE).is_file() or any(folder.glob("*.safetensors"))
+
+
+def tensor_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: the shards its index names, else every ``*.safetensors``."""
+    index = folder / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        data = _read_json(index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no \"weight_map\" object")
         return sorted({folder / f for f in weight_map.values()})
     files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -91,18 +112,37 @@ def _tensor_files(folder: Path) -> list[Path]:
     return files
 
 
-def _load_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+@contextmanager
+def _opened(f: Path) -> Iterator[Any]:
+    """A safetensors file opened for reading; any failure (truncated, corrupted) is a CheckpointError naming it."""
+    if not f.is_file():
+        raise CheckpointError(f"shard {f} listed in the index is missing")
+    try:
+        with safe_open(str(f), framework="pt") as h:
+            yield h
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"cannot read {f}: {e} (truncated or corrupted file?)") from e
+
+
+def tensor_locations(folder: Path) -> dict[str, str]:
+    """tensor name -> the path of the file holding it, from the file headers only (checks every file opens)."""
+    where = {}
+    for f in tensor_files(folder):
+        with _opened(f) as h:
+            where.update(dict.fromkeys(h.keys(), str(f)))
+    return where
+
+
+def read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of the checkpoint, and tensor name -> the path of its file (for messages)."""
     tensors, where = {}, {}
-    for f in _tensor_files(folder):
-        if not f.is_file():
-            raise CheckpointError(f"shard {f} listed in the index is missing")
-        try:
-            with safe_open(str(f), framework="pt") as h:
-                for k in h.keys():
-                    tensors[k] = h.get_tensor(k)
-                    where[k] = f.name
-        except Exception as e:  # safetensors raises its own error types for truncated files
-            raise CheckpointError(f"cannot read {f}: {e} (truncated or corrupted file?)") from e
+    for f in tensor_files(folder):
+        with _opened(f) as h:
+            for k in h.keys():
+                tensors[k] = h.get_tensor(k)
+                where[k] = str(f)
     return tensors, where
 
 
@@ -195,6 +235,8 @@ def parse_quant_config(config: dict[str, Any], folder: Path) -> QuantConfigView:
     qc = config.get("quantization_config")
     if not qc:
         raise CheckpointError(f"{where} has no quantization_config: not a quantized checkpoint")
+    if not isinstance(qc, dict):
+        raise CheckpointError(f"{where}: quantization_config must be a JSON object, got {type(qc).__name__}")
     method = str(qc.get("quant_method", "")).lower()
     if method not in QUANT_METHODS:
         raise CheckpointError(f"{where}: quant_method {qc.get('quant_method')!r} is not supported "
@@ -207,7 +249,7 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
     folder = Path(folder)
     config = read_config(folder)
     view = parse_quant_config(config, folder)
-    tensors, where = _load_tensors(folder)
+    tensors, where = read_tensors(folder)
     names = sorted({k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")})
     orphans = sorted(k for k in tensors if k.endswith((".qzeros", ".scales")) and k.rsplit(".", 1)[0] not in names)
     if orphans:
@@ -226,4 +268,4 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
         for k in ("qweight", "qzeros", "scales", "g_idx"):
             tensors.pop(f"{name}.{k}", None)
     return QuantizedCheckpoint(folder, config, config["quantization_config"], layers, tensors, view.layout, view.method,
-                               {n: s for n, s in specs.items() if n in layers and s is not None})
+                               {n: s for n, s in specs.items() if n in layers and s is not None}, where)

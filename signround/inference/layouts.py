@@ -21,7 +21,8 @@ from ..errors import BadInputError
 from ..quant.grouping import num_groups
 from ..quant.types import QuantizedWeight
 
-__all__ = ["Layout", "LayerSpec", "LayoutSpec", "LAYOUTS", "CheckpointError", "decode_layer"]
+__all__ = ["Layout", "LayerSpec", "LayoutSpec", "LAYOUTS", "CheckpointError", "decode_layer", "check_finite",
+           "PACKED_DTYPE"]
 
 
 class CheckpointError(BadInputError):
@@ -48,16 +49,39 @@ class LayerSpec:
 Tensors = dict[str, torch.Tensor]
 
 
+PACKED_DTYPE = torch.int32  # qweight and qzeros words, in every layout
+
+
+def check_finite(t: torch.Tensor, at: str) -> None:
+    """``at`` ("file: tensor") holds only finite values; one pass over the tensor."""
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise CheckpointError(f"{at} holds {bad} NaN/inf value(s) of {t.numel()} (damaged or badly exported file)")
+
+
 def _tensor(name: str, key: str, t: Tensors, where: dict[str, str]) -> tuple[torch.Tensor, str]:
+    """One packed-layer tensor, its dtype checked (int32 words, finite floating scales), and "file: tensor"."""
     full = f"{name}.{key}"
     if full not in t:
         raise CheckpointError(f"{where.get(name + '.qweight', '?')}: quantized layer {name} lacks {full}")
-    return t[full], f"{where[full]}: {full}"
+    tensor, at = t[full], f"{where[full]}: {full}"
+    if key in ("qweight", "qzeros") and tensor.dtype != PACKED_DTYPE:
+        raise CheckpointError(f"{at} is {tensor.dtype}; packed {key} words must be {PACKED_DTYPE} "
+                              f"(a converted copy would decode to different codes)")
+    if key == "scales":
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{at} is {tensor.dtype}; scales must be floating point")
+        check_finite(tensor, at)
+    return tensor, at
 
 
 def _check_g_idx(name: str, t: Tensors, where: dict[str, str], in_f: int, group_size: int) -> None:
     gidx = t.get(f"{name}.g_idx")
-    if gidx is None or group_size <= 0:
+    if gidx is None:
+        return
+    if gidx.is_floating_point() or gidx.dtype == torch.bool:
+        raise CheckpointError(f"{where[name + '.g_idx']}: {name}.g_idx is {gidx.dtype}; it must hold integer group ids")
+    if group_size <= 0:
         return
     trivial = torch.arange(gidx.numel()) // group_size
     if gidx.numel() < in_f or not torch.equal(gidx.to(torch.int64).cpu()[:in_f], trivial[:in_f]):

@@ -2,8 +2,9 @@
 
 The model skeleton is built without allocating its weights, every quantized Linear is replaced by the
 module of the backend selected for it (``backends.py``; one log line per group of like layers says
-which and why), and every other tensor is assigned from the files. Any parameter left unassigned is
-an error naming it: a checkpoint never half-loads into random weights.
+which and why), and every other tensor is assigned from the files (``assign.py``). A float checkpoint
+takes the same path without the packed layers. A missing, extra, wrong-shaped, wrong-dtype or
+non-finite tensor is an error naming file and tensor: a checkpoint never half-loads into random weights.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import torch
 
 from ..model.loading import resolve_dtype
 from ..plan import is_linear, linear_shape
+from .assign import assign_tensors, check_tensors
 from .backends import BACKENDS, backend_names, select_backend
-from .checkpoint import CheckpointError, read_checkpoint, read_config
+from .checkpoint import CheckpointError, QuantizedCheckpoint, read_checkpoint, read_config, read_tensors
 
 __all__ = ["load_quantized", "model_skeleton"]
 
@@ -40,7 +42,10 @@ def model_skeleton(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, d
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / 'config.json'}: transformers cannot read it as a model config: {e}") from e
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     with init_empty_weights(include_buffers=False):
@@ -48,59 +53,59 @@ def model_skeleton(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, d
     return model, {n: linear_shape(m)[1] for n, m in model.named_modules() if is_linear(m)}
 
 
-def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None, device: str = "cpu",
-                   keep_codes: bool = False, backend: str | None = None) -> torch.nn.Module:
-    """Load an exported directory (auto_round, auto_gptq, auto_awq or fake) as a transformers model in eval mode.
-
-    ``backend`` forces the inference backend of every quantized layer (see ``backends.BACKENDS``);
-    by default each layer gets the highest-priority installed backend that can run it.
-    """
-    from transformers import AutoModelForCausalLM
-
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(backend_names())}")
-    folder = Path(path)
-    config_dict = read_config(folder)
-    torch_dtype = _config_dtype(config_dict) if dtype in (None, "auto") else resolve_dtype(dtype)
-    if not config_dict.get("quantization_config"):
-        logger.info("%s has no quantization_config: loading it as a float (fake-format) checkpoint", folder)
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device).eval()
-
-    model, widths = model_skeleton(folder, torch_dtype)
-    ckpt = read_checkpoint(folder, widths)
+def _replace_quantized(model: torch.nn.Module, ckpt: QuantizedCheckpoint, widths: dict[str, int], device: str,
+                       dtype: torch.dtype, keep_codes: bool, backend: str | None) -> None:
+    """Swap every packed layer's Linear for the module of its backend (its bias taken out of ``ckpt.tensors``)."""
     groups: dict[tuple, list[str]] = {}
     for name, qw in ckpt.layers.items():
         if name not in widths:
-            raise CheckpointError(f"{folder}: quantized tensor {name}.qweight matches no linear layer of "
-                                  f"{type(model).__name__}")
+            raise CheckpointError(f"{ckpt.where[name + '.qweight']}: quantized tensor {name}.qweight matches no linear "
+                                  f"layer of {type(model).__name__}")
         module = model.get_submodule(name)
         expected = linear_shape(module)
         if tuple(qw.shape) != tuple(expected):
-            raise CheckpointError(f"{folder}: {name} decodes to shape {tuple(qw.shape)}, the model expects {expected}")
+            raise CheckpointError(f"{ckpt.where[name + '.qweight']}: {name} decodes to shape {tuple(qw.shape)}, the "
+                                  f"model expects {expected}")
         bias = ckpt.tensors.pop(f"{name}.bias", None)
         if bias is None and getattr(module, "bias", None) is not None:
-            raise CheckpointError(f"{folder}: quantized layer {name} has a bias in the model but no {name}.bias tensor")
+            raise CheckpointError(f"{ckpt.where[name + '.qweight']}: quantized layer {name} has a bias in the model but "
+                                  f"no {name}.bias tensor")
         chosen, why = select_backend(ckpt.layout, qw, device, backend)
-        _set_module(model, name, chosen.build(qw, bias, torch_dtype, keep_codes))
+        _set_module(model, name, chosen.build(qw, bias, dtype, keep_codes))
         groups.setdefault((chosen.name, qw.bits, qw.group_size, qw.sym, why), []).append(name)
     for (name, bits, gs, sym, why), layers in groups.items():
         logger.info("backend %s for %d %s layers (%d-bit, group %d, %s): %s", name, len(layers), ckpt.layout.value,
                     bits, gs, "sym" if sym else "asym", why)
 
-    expected_keys = set(model.state_dict().keys())
-    unexpected = sorted(set(ckpt.tensors) - expected_keys)
-    if unexpected:
-        raise CheckpointError(f"{folder}: tensors not in the model: {', '.join(unexpected[:8])}"
-                              + (" ..." if len(unexpected) > 8 else ""))
-    tensors = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in ckpt.tensors.items()}
-    model.load_state_dict(tensors, strict=False, assign=True)
-    if getattr(model.config, "tie_word_embeddings", False):
-        model.tie_weights()
-    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
-    still_meta += [n for n, b in model.named_buffers() if b is not None and b.is_meta]
-    if still_meta:
-        raise CheckpointError(f"{folder}: no tensor for {', '.join(still_meta[:8])}"
-                              + (" ..." if len(still_meta) > 8 else "") + " (truncated or incomplete checkpoint?)")
-    logger.info("loaded %d quantized layers (%s checkpoint, %s layout) from %s", len(ckpt.layers), ckpt.method,
-                ckpt.layout.value, folder)
+
+def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None, device: str = "cpu",
+                   keep_codes: bool = False, backend: str | None = None) -> torch.nn.Module:
+    """Load an exported directory (auto_round, auto_gptq, auto_awq or fake) as a transformers model in eval mode.
+
+    ``backend`` forces the inference backend of every quantized layer (see ``backends.BACKENDS``);
+    by default each layer gets the highest-priority installed backend that can run it. A float
+    checkpoint (no ``quantization_config``) is read by the same strict reader, not ``from_pretrained``.
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(backend_names())}")
+    folder = Path(path)
+    config_dict = read_config(folder)
+    torch_dtype = _config_dtype(config_dict) if dtype in (None, "auto") else resolve_dtype(dtype)
+    quantized = bool(config_dict.get("quantization_config"))
+    model, widths = model_skeleton(folder, torch_dtype)
+    expected = model.state_dict()  # meta tensors: names, shapes and dtypes the checkpoint must match
+    model_name = type(model).__name__
+    if quantized:
+        ckpt = read_checkpoint(folder, widths)
+        tensors, where = ckpt.tensors, ckpt.where
+        check_tensors(tensors, where, expected, model_name, quantized=True)
+        _replace_quantized(model, ckpt, widths, device, torch_dtype, keep_codes, backend)
+    else:
+        logger.info("%s has no quantization_config: loading it as a float (fake-format) checkpoint", folder)
+        tensors, where = read_tensors(folder)
+        check_tensors(tensors, where, expected, model_name, quantized=False)
+    assign_tensors(model, tensors, where, folder, torch_dtype)
+    if quantized:
+        logger.info("loaded %d quantized layers (%s checkpoint, %s layout) from %s", len(ckpt.layers), ckpt.method,
+                    ckpt.layout.value, folder)
     return model.to(device).eval()

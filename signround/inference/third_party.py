@@ -8,6 +8,7 @@ More rows can be added with ``register_loader``; GGUF files go to ``verify_gguf`
 | loader | reads | needs | known limits (skipped, with the reason) |
 |---|---|---|---|
 | signround | auto-round, gptq, awq, float (fake format) | - | - |
+| transformers | float (fake format) | - | - |
 | transformers+auto-round | auto-round; gptq (sym) | auto_round | asym GPTQ fails in auto-round 0.16.1 (TypeError in pad_bits) |
 | transformers+gptqmodel | gptq, awq | optimum + gptqmodel (gptq), gptqmodel (awq) | optimum 2.3 ignores ``dynamic`` and ``lm_head`` |
 | gptqmodel | gptq, awq | gptqmodel | needs a tokenizer in the directory; refuses asym GPTQ v1 not written by GPTQModel |
@@ -138,6 +139,8 @@ def _skip_gptqmodel(folder: Path, qc: dict) -> str | None:
 _AR = ("auto_round",)
 register_loader(Loader("signround", {m: () for m in ("auto-round", "intel/auto-round", "gptq", "awq", "float")},
                        "signround", _load_signround))
+# A fake-format checkpoint is a plain float model: transformers' own from_pretrained is the loader users run.
+register_loader(Loader("transformers", {"float": ()}, "transformers", _load_hf))
 register_loader(Loader("transformers+auto-round", {"auto-round": _AR, "intel/auto-round": _AR, "gptq": _AR},
                        "auto-round==0.16.1", _load_hf_auto_round, _skip_auto_round))
 register_loader(Loader("transformers+gptqmodel", {"gptq": ("optimum", "gptqmodel"), "awq": ("gptqmodel",)},

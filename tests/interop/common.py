@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from signround.verify import compare_logits
+from signround.eval.metrics import compare_logits
 
 
 def needs(*modules: str):

@@ -10,7 +10,8 @@ from signround.formats import Format
 from signround.export.registry import ExportInput, export_model
 from signround.inference import third_party
 from signround.inference.third_party import Loader
-from signround.verify import Tolerances, compare_logits, verify_checkpoint
+from signround.eval.metrics import compare_logits
+from signround.verify import Tolerances, verify_checkpoint
 from tests.helpers import export_tiny, quantize_tiny
 from tests.interop.common import byte_tokenizer, needs
 
@@ -91,10 +92,12 @@ def test_real_loaders_agree_on_our_exports(fmt, tiny, calib_ids, tmp_path, capsy
     assert all(r[-1] == "ok" for r in rows) and "verdict: PASS" in out
 
 
-def test_float_checkpoint_verifies_with_our_loader_only(tiny, calib_ids, tmp_path):
+def test_float_checkpoint_verifies_with_transformers(tiny, calib_ids, tmp_path):
     model = tiny("llama")
     model.save_pretrained(tmp_path / "float")
     report = verify_checkpoint(tmp_path / "float", float_model=model)
-    assert report.method == "float" and list(report.seconds) == ["signround"] and report.ok
-    assert [(c.loader, c.against, c.rel) for c in report.comparisons] == [("signround", "float", 0.0)]
-
+    assert report.method == "float" and list(report.seconds) == ["signround", "transformers"] and report.ok
+    assert [(c.loader, c.against) for c in report.comparisons] == [("transformers", "signround"),
+                                                                   ("signround", "float"), ("transformers", "float")]
+    assert all(c.rel < 1e-5 for c in report.comparisons) and report.verified_by == ["transformers"]
+    assert report.exit_code == 0 and "verdict: PASS (agreeing: transformers)" in report.table(Tolerances())

@@ -1,0 +1,64 @@
+"""Assign a checkpoint's float tensors to a model skeleton, strictly: nothing is left to random init.
+
+Both load paths end here (a float fake-format checkpoint, and the non-packed tensors of a packed one):
+every tensor must name a parameter of the skeleton, with its shape, a floating dtype where the model
+holds floats, and only finite values; every parameter must get a tensor (a tied lm_head may share the
+embeddings' one). Each failure is a ``CheckpointError`` naming the file and the tensor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .layouts import CheckpointError, check_finite
+
+__all__ = ["check_tensors", "assign_tensors", "PACKED_SUFFIXES"]
+
+PACKED_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")  # tensors of a packed layer, in every layout
+
+
+def _names(keys: list[str], limit: int = 6) -> str:
+    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _extra_hint(extra: list[str], quantized: bool) -> str:
+    if quantized or not any(k.rsplit(".", 1)[-1] in PACKED_SUFFIXES for k in extra):
+        return ""
+    return ("; qweight/scales present but config.json has no quantization_config (restore it from the export, "
+            "or re-export the model)")
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], where: dict[str, str], expected: dict[str, torch.Tensor],
+                  model_name: str, quantized: bool) -> None:
+    """Every tensor matches a model entry of ``expected`` (the skeleton's state dict) in name, shape, dtype kind,
+    and holds finite values. ``quantized``: whether config.json has a quantization_config (for the hint)."""
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise CheckpointError(f"{where[extra[0]]}: {len(extra)} tensor(s) match no parameter of {model_name}: "
+                              f"{_names(extra)}{_extra_hint(extra, quantized)}")
+    for name, t in tensors.items():
+        want, at = expected[name], f"{where[name]}: {name}"
+        if tuple(t.shape) != tuple(want.shape):
+            raise CheckpointError(f"{at} has shape {tuple(t.shape)}, {model_name} expects {tuple(want.shape)}")
+        if want.is_floating_point() != t.is_floating_point():
+            kind = "a floating-point tensor" if want.is_floating_point() else f"{want.dtype}"
+            raise CheckpointError(f"{at} is {t.dtype}, {model_name} expects {kind}")
+        if t.is_floating_point():
+            check_finite(t, at)
+
+
+def assign_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: dict[str, str], folder: Path,
+                   dtype: torch.dtype) -> None:
+    """Put ``tensors`` (already checked) into the meta ``model``, cast to ``dtype``; fail on any parameter left out."""
+    cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    model.load_state_dict(cast, strict=False, assign=True)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    missing += [n for n, b in model.named_buffers() if b is not None and b.is_meta]
+    if missing:
+        files = ", ".join(sorted({Path(f).name for f in where.values()})) or "no tensor file"
+        raise CheckpointError(f"{folder} ({files}): no tensor for {_names(missing)} (truncated or incomplete "
+                              f"checkpoint?)")

@@ -1,0 +1,84 @@
+"""Loading the user's float model: a damaged checkpoint is a BadInputError naming file and tensor, never random init."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from signround.errors import BadInputError
+from signround.model.loading import load_model
+from tests.interop.common import byte_tokenizer
+
+
+@pytest.fixture
+def saved(tiny, tmp_path):
+    model = tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    byte_tokenizer().save_pretrained(tmp_path / "m")
+    return tmp_path / "m", model
+
+
+def _edit(folder, fn):
+    f = folder / "model.safetensors"
+    tensors = load_file(str(f))
+    fn(tensors)
+    save_file(tensors, str(f), metadata={"format": "pt"})
+
+
+def _raises(folder, *parts):
+    with pytest.raises(BadInputError) as err:
+        load_model(str(folder), dtype="float32")
+    for part in parts:
+        assert part in str(err.value), f"{part!r} not in: {err.value}"
+
+
+def test_intact_checkpoint_loads_the_stored_weights(saved):
+    folder, model = saved
+    loaded = load_model(str(folder), dtype="float32").model
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_invalid_config_json(saved):
+    folder, _ = saved
+    (folder / "config.json").write_text("{\"model_type\": ")
+    _raises(folder, str(folder / "config.json"), "is not valid JSON")
+    (folder / "config.json").write_text("\"llama\"")
+    _raises(folder, str(folder / "config.json"), "expected a JSON object, got str")
+
+
+def test_truncated_safetensors(saved):
+    folder, _ = saved
+    f = folder / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    _raises(folder, f"cannot read {f}", "truncated or corrupted")
+
+
+def test_missing_tensor_is_not_filled_randomly(saved):
+    folder, _ = saved
+    name = "model.layers.1.self_attn.v_proj.weight"
+    _edit(folder, lambda t: t.pop(name))
+    _raises(folder, str(folder / "model.safetensors"), f"no tensor for {name}")
+
+
+def test_nan_weight(saved):
+    folder, _ = saved
+    name = "model.layers.0.mlp.down_proj.weight"
+
+    def poison(t):
+        t[name] = t[name].clone()
+        t[name][1, 2] = math.nan
+
+    _edit(folder, poison)
+    _raises(folder, f"{folder / 'model.safetensors'}: {name} holds NaN/inf")
+
+
+def test_tied_lm_head_stored_once_loads(tiny, tmp_path):
+    model = tiny("gemma2")
+    model.save_pretrained(tmp_path / "tied")
+    byte_tokenizer().save_pretrained(tmp_path / "tied")
+    assert "lm_head.weight" not in load_file(str(tmp_path / "tied" / "model.safetensors"))
+    loaded = load_model(str(tmp_path / "tied"), dtype="float32").model
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
