@@ -55,28 +55,23 @@ REFUSED_WITHOUT_IMATRIX = {"q2_k_s": "q2_k"}
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def llama_cpp_eval(path: Path, rows: torch.Tensor, ref: list[np.ndarray] | None, threads: int) -> dict:
+def llama_cpp_eval(path: Path, rows: torch.Tensor, ref: list[torch.Tensor] | None, threads: int) -> dict:
     """KL to ``ref`` (per-window float log-probs) and perplexity of ``path`` as llama.cpp computes its logits."""
+    from signround.eval.metrics import token_kl
     from signround.verify_gguf import iter_llama_cpp_logits
 
     kl = nll = 0.0
     count = 0
     logps = []
     for i, logits in enumerate(iter_llama_cpp_logits(path, rows, threads)):
-        lp = _log_softmax(logits)  # (T, V): row t predicts token t + 1
-        target = rows[i, 1:].numpy()
-        nll -= float(lp[np.arange(len(target)), target].sum())
+        lp = torch.log_softmax(torch.from_numpy(logits).double(), -1)  # (T, V): row t predicts token t + 1
+        target = rows[i, 1:]
+        nll -= float(lp[torch.arange(len(target)), target].sum())
         count += len(target)
         if ref is not None:
-            kl += float((np.exp(ref[i]) * (ref[i] - lp)).sum())
+            kl += float(token_kl(ref[i].double(), lp).sum())
         else:
-            logps.append(lp.astype(np.float32))
+            logps.append(lp.float())
     out = {"ppl": float(np.exp(nll / count)), "tokens": count}
     if ref is not None:
         out["kl"] = kl / (rows.shape[0] * rows.shape[1])

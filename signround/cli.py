@@ -192,7 +192,7 @@ def _eval(argv: Sequence[str]) -> int:
     rows = windows(tokenizer(text, return_tensors="pt").input_ids, args.seqlen, args.max_windows)
     float_model = None
     if source:
-        float_model = load_model(source, dtype="float32").model
+        float_model = load_model(source, dtype="float32", with_tokenizer=False).model
     else:
         logger.warning("no float model known (pass --float_model): reporting perplexity only")
     res = evaluate(model, rows, float_model)

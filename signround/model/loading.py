@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 from ..errors import BadInputError
+from ..record import source_name
+from ..tune.precision import DTYPE_NAMES
 
 __all__ = ["LoadedModel", "load_model", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
 
 
 @dataclass
@@ -37,15 +37,9 @@ def resolve_dtype(dtype: "str | torch.dtype | None") -> "torch.dtype | str":
         return "auto"
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
-def _short_name(source: str) -> str:
-    p = Path(source.rstrip("/"))
-    name = p.stem if p.suffix == ".gguf" else p.name
-    return name or "model"
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[dtype]
 
 
 def _check_local_files(folder: Path) -> dict[str, str]:
@@ -138,4 +132,4 @@ def load_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
     model.eval()
     if tokenizer is not None and tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, name=_short_name(source))
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, name=source_name(source))
