@@ -182,7 +182,7 @@ def _eval(argv: Sequence[str]) -> int:
     from .inference.load import load_quantized
     from .model.loading import load_model
 
-    from .record import recorded_float_model, resolve_source
+    from .record import float_model_note, recorded_float_model, resolve_source
 
     folder = Path(args.model)
     source = resolve_source(args.float_model) if args.float_model else recorded_float_model(folder)
@@ -196,7 +196,8 @@ def _eval(argv: Sequence[str]) -> int:
     else:
         logger.warning("no float model known (pass --float_model): reporting perplexity only")
     res = evaluate(model, rows, float_model)
-    print(json.dumps({"model": str(folder), "float_model": source, **res.as_dict()}, indent=1))
+    note = {"float_model_note": n} if source and (n := float_model_note(source)) else {}
+    print(json.dumps({"model": str(folder), "float_model": source, **note, **res.as_dict()}, indent=1))
     return 0
 
 

@@ -13,11 +13,12 @@ from typing import Any
 
 from .errors import BadInputError
 
-__all__ = ["RUN_FILE", "read_run", "write_run", "resolve_source", "recorded_float_model", "source_name"]
+__all__ = ["RUN_FILE", "read_run", "write_run", "resolve_source", "recorded_float_model", "source_name", "float_model_note"]
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "signround.json"
+PROVENANCE_FILE = "signround_provenance.json"  # beside a float checkpoint that is really a dequantized GGUF
 PKG_PREFIX = "pkg:"
 
 
@@ -55,6 +56,18 @@ def source_name(source: str) -> str:
     p = Path(resolve_source(source).rstrip("/"))
     name = p.stem if p.suffix == ".gguf" else p.name
     return name or "model"
+
+
+def float_model_note(source: str) -> str | None:
+    """What the float model of a comparison really is, when it is not a float checkpoint (a dequantized GGUF)."""
+    path = Path(source)
+    if path.suffix == ".gguf":
+        return f"dequantized from the GGUF file {path.name}: figures are against that dequantized model"
+    provenance = path / PROVENANCE_FILE
+    if path.is_dir() and provenance.is_file():
+        gguf = json.loads(provenance.read_text()).get("dequantized_from", "a GGUF file")
+        return f"dequantized from {gguf}: figures are against that dequantized model"
+    return None
 
 
 def recorded_float_model(folder: "str | Path") -> str | None:

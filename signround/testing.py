@@ -10,12 +10,15 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+from .record import PROVENANCE_FILE
 
 __all__ = ["package_gguf_path", "smollm2_gguf_path", "smollm2_hf_dir", "cache_dir", "tiny_model", "TINY_CONFIGS"]
 
@@ -46,10 +49,17 @@ def smollm2_gguf_path() -> Path:
     return package_gguf_path(SMOLLM2_PACKAGE)
 
 
+def write_provenance(folder: Path, gguf: Path) -> None:
+    """Say next to a checkpoint that it is a GGUF file dequantized, so figures "vs the float model" say so."""
+    (folder / PROVENANCE_FILE).write_text(json.dumps({"dequantized_from": gguf.name}) + "\n")
+
+
 def smollm2_hf_dir() -> Path:
     """SmolLM2-135M-Instruct as a float32 safetensors checkpoint with its tokenizer (built once, then cached)."""
     target = cache_dir() / "smollm2-135m-instruct-f32"
     if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        if not (target / PROVENANCE_FILE).is_file():  # caches made before the provenance was recorded
+            write_provenance(target, smollm2_gguf_path())
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,6 +77,7 @@ def smollm2_hf_dir() -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_provenance(tmp, gguf)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

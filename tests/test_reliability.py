@@ -51,3 +51,11 @@ def test_adam_optimiser_is_recorded_and_tunes(tiny_model_dir, tmp_path):
     assert json.loads((folder / "signround.json").read_text())["settings"]["optimizer"] == "adam"
     blocks = json.loads((folder / "quant_log.json").read_text())["blocks"]
     assert all(b["loss_after"] <= b["loss_before"] for b in blocks.values())
+
+
+def test_a_dequantized_gguf_is_named_as_such_wherever_it_is_the_float_model(tmp_path, smollm2_dir):
+    from signround.record import float_model_note
+
+    assert "dequantized from SmolLM2-135M-Instruct.Q4_1.gguf" in float_model_note(str(smollm2_dir))
+    assert "dequantized from the GGUF file m.gguf" in float_model_note(str(tmp_path / "m.gguf"))
+    assert float_model_note(str(tmp_path)) is None  # a plain float checkpoint needs no note
