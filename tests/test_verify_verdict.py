@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 
 from signround.cli import main
 from signround.errors import EXIT_CHECK_FAILED
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.inference import third_party
 from signround.inference.checkpoint import CheckpointError
 from signround.inference.third_party import Loader

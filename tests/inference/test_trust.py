@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from signround.export.formats import Format
+from signround.formats import Format
 from signround.inference.checkpoint import CheckpointError
 from signround.inference.load import load_quantized
 from tests.helpers import export_tiny, logits, quantize_tiny
