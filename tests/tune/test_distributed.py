@@ -124,3 +124,17 @@ def test_only_rank_0_writes(tiny_model_dir, tmp_path):
     assert [p.name for p in out.iterdir()] == [written.name]
     record = json.loads((written / "signround.json").read_text())
     assert record["settings"]["runtime"]["world_size"] == 2
+
+
+def test_shards_partition_the_rows_and_map_global_indices():
+    for n in (2, 7, 16):
+        ranks = [DataParallel(r, 3) for r in range(3)] if n >= 3 else [DataParallel(r, 2) for r in range(2)]
+        spans = [dp.shard_range(n) for dp in ranks]
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert max(b - a for a, b in spans) - min(b - a for a, b in spans) <= 1
+        idx = torch.randperm(n)
+        rows = torch.arange(n)
+        held = torch.cat([dp.shard(rows)[dp.local_rows(idx, n)] for dp in ranks])
+        assert sorted(held.tolist()) == list(range(n))
+    assert SINGLE_PROCESS.shard(rows) is rows and SINGLE_PROCESS.local_rows(idx, n) is idx
