@@ -31,6 +31,7 @@ from .plan import QuantPlan, build_plan
 from .record import resolve_source
 from .request import QuantRequest
 from .schemes import QuantScheme
+from .tune.distributed import DataParallel
 from .tune.driver import QuantizeResult, quantize_model
 
 __all__ = ["AutoRound"]
@@ -131,6 +132,8 @@ class AutoRound:
             return self.model, self.result
         fmts = parse_formats(formats) if formats else self.request.default_formats()
         self.run = resolve_run(self.options, fmts, max_positions(self.model))
+        # Data parallel under torchrun (or an initialised process group): every rank tunes on 1/N of the rows.
+        self.run = self.run.with_parallel(DataParallel.from_environment(self.run.runtime.device))
         self._plan = self._plan_for(fmts, self.run)
         logger.info("plan: %s", self._plan.summary())
         logger.debug("plan:\n%s", self._plan.table())
@@ -160,19 +163,26 @@ class AutoRound:
         """Write every requested format (comma separated) from the same codes; returns the directories.
 
         An existing output directory is refused unless it is a previous signround output and ``overwrite``.
+        Data parallel: only rank 0 writes; every rank returns the directories once they are written.
         """
         fmts = self.formats(format)
         targets = self.output_dirs(output_dir, fmts)
-        self.request.check_outputs(targets, overwrite)
         if self.result is None:
+            self.request.check_outputs(targets, overwrite)  # on every rank: nothing is written before all quantized
             self.quantize(fmts)
         else:
+            if self.run.runtime.parallel.is_main:  # rank 0 may be writing while the others get here
+                self.request.check_outputs(targets, overwrite)
             done = [f for f in (self._plan.formats if self._plan else []) if is_gguf(f)]
             if done != [f for f in fmts if is_gguf(f)]:
                 was = done[0].value if done else "non-GGUF formats"
                 raise BadInputError(f"this model was quantized for {was}; a GGUF mix fixes every tensor's type, so it "
                                     f"cannot be saved as {', '.join(f.value for f in fmts)} (quantize again)")
             self._plan_for(fmts, self.run)  # the formats may differ from the ones checked at quantize time
+        parallel = self.run.runtime.parallel
+        if not parallel.is_main:
+            parallel.barrier()  # rank 0 writes meanwhile
+            return targets
         assert self._plan is not None and self.result is not None
         # The written log holds what the run computed (losses, best iterations, weight errors), never timings
         # or memory, so the same command on the same inputs writes the same bytes; those go to the console.
@@ -180,7 +190,9 @@ class AutoRound:
                "layers": self.result.layers}
         data = ExportInput(self.model, self.tokenizer, self._plan, self.result.weights, self.settings(),
                            self.loaded.source, log, imatrix=self.result.imatrix, start=self.run.start)
-        return [export_model(data, fmt, target, overwrite=overwrite) for fmt, target in zip(fmts, targets)]
+        written = [export_model(data, fmt, target, overwrite=overwrite) for fmt, target in zip(fmts, targets)]
+        parallel.barrier()
+        return written
 
     def quantize_and_save(self, output_dir: "str | Path" = "tmp_signround", format: str | None = None,
                           overwrite: bool = False) -> list[Path]:

@@ -8,6 +8,7 @@
     signround eval --model out/<dir> --ppl
     signround verify out/<dir> [--float_model DIR]      (every installed loader, logits compared)
     signround convert --model <GPTQ or AWQ dir> --output_dir out/   (to the auto_round format)
+    torchrun --nproc_per_node N -m signround --model DIR ...         (data parallel: 1/N of the rows per rank)
 """
 
 from __future__ import annotations
@@ -123,13 +124,26 @@ def _quantize(argv: Sequence[str], prog: str, recipe: str) -> int:
     if args.print_plan:
         print(ar.plan(args.format).table())
         return 0
-    dirs = ar.quantize_and_save(args.output_dir, args.format, overwrite=args.overwrite)
+    try:
+        dirs = ar.quantize_and_save(args.output_dir, args.format, overwrite=args.overwrite)
+    finally:
+        _end_process_group()
+    if not ar.run.runtime.parallel.is_main:  # data parallel (torchrun): rank 0 wrote and reports
+        return 0
     res = ar.result
     logger.info("done in %.1f s (quantization %.1f s); wrote %s", time.time() - t0, res.seconds if res else 0.0,
                 ", ".join(str(d) for d in dirs))
     for d in dirs:
         print(d)
     return 0
+
+
+def _end_process_group() -> None:
+    """Under torchrun the run initialised a process group (``DataParallel.from_environment``); close it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _list(argv: Sequence[str]) -> int:

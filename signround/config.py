@@ -22,6 +22,7 @@ from .options import CALIBRATION_DEFAULTS, GGUF_DEFAULT_ITERS, UserOptions
 from .recipes import recipe_values
 from .tune.driver import RuntimeOptions
 from .tune.precision import resolve_tune_dtype
+from .tune.distributed import DataParallel
 from .tune.signround import SignRoundConfig
 
 __all__ = ["RunConfig", "resolve_run", "resolve_device", "versions"]
@@ -84,6 +85,11 @@ class RunConfig:
                        self.tuning.batch_size, train_rows, train_rows)
         return replace(self, tuning=replace(self.tuning, batch_size=train_rows))
 
+    def with_parallel(self, parallel: DataParallel) -> "RunConfig":
+        """The same run as one rank of a data-parallel group (a bare ``cuda`` device becomes this rank's GPU)."""
+        rt = self.runtime
+        return replace(self, runtime=replace(rt, parallel=parallel, device=parallel.device_for(rt.device)))
+
     def record(self) -> dict[str, Any]:
         """Every resolved choice, for ``signround.json`` (the same run records the same values)."""
         t, rt = self.tuning, self.runtime
@@ -98,7 +104,8 @@ class RunConfig:
             "nsamples": self.nsamples, "seqlen": self.seqlen,
             "runtime": {"device": rt.device, "tune_dtype": str(rt.tune_dtype).removeprefix("torch."),
                         "tune_dtype_reason": self.tune_dtype_reason, "threads": torch.get_num_threads(),
-                        "low_gpu_mem_usage": rt.low_gpu_mem_usage, "enable_torch_compile": t.enable_torch_compile},
+                        "low_gpu_mem_usage": rt.low_gpu_mem_usage, "enable_torch_compile": t.enable_torch_compile,
+                        "world_size": rt.parallel.world_size},
             "versions": versions(),
         }
 

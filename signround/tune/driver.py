@@ -12,6 +12,10 @@ Plain RTN (iters 0, no opt-RTN) needs no data and no forward pass at all.
 The importance matrices collected on the way (and the lm_head's, from the final hidden states) are
 returned in ``QuantizeResult.imatrix`` for exporters that quantize tensors themselves (GGUF's
 token_embd). Layer states come from the registry of ``tune/layer.py`` by the scheme's data type.
+
+Data parallel (``runtime.parallel``, ``tune/distributed.py``): every rank runs this same loop on its
+shard of the rows; importance matrices, gradients and held-out losses are reduced over the ranks, so
+every rank computes the same codes.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..options import option
 from ..plan import LayerPlan, QuantPlan
 from ..quant.types import QuantizedWeight
 from . import gguf_layer  # noqa: F401  (registers the "gguf" layer state)
+from .distributed import SINGLE_PROCESS, DataParallel
 from .imatrix import ImatrixCollector
 from .layer import LayerQuantizer, make_layer_state
 from .signround import BlockReport, SignRoundConfig, autocast_context as _autocast, tune_block
@@ -49,6 +54,7 @@ class RuntimeOptions:
     forward_batch_size: int = option("batch_size").default  # rows per batch for the passes that only run forward
     low_precision_passes: bool = False  # run the reference and chain passes in tune_dtype too
     show_progress: bool = True
+    parallel: DataParallel = SINGLE_PROCESS  # data-parallel ranks: each holds 1/N of the calibration rows
 
     @property
     def cache_device(self) -> str:
@@ -138,8 +144,9 @@ class _Chain:
     fp: torch.Tensor  # float inputs of the current block (float outputs after its reference pass)
     q: torch.Tensor | None  # the quantized chain's inputs, when tuning runs on them
     mask: torch.Tensor | None
-    train_idx: torch.Tensor
+    train_idx: torch.Tensor  # global row indices (over all ranks); fp/q/mask hold this rank's shard
     val_idx: torch.Tensor
+    n_rows: int  # rows over all ranks
 
 
 def quantize_model(
@@ -172,14 +179,23 @@ def quantize_model(
 
     # Cached activations are float32; the reference and chain passes run in float32 unless
     # runtime.low_precision_passes (then in tune_dtype, like the tuning loop).
+    # Data parallel: the rows are the same on every rank; each keeps its shard from here on.
+    dp, n_rows = runtime.parallel, input_ids.shape[0]
+    dp.check_identical(input_ids, "calibration rows")
+    if attention_mask is not None:
+        dp.check_identical(attention_mask, "calibration attention masks")
+    if n_rows < dp.world_size:
+        raise ValueError(f"{n_rows} calibration rows cannot be split over {dp.world_size} processes")
     blocks = get_module(model, arch.blocks)
     block_args = capture_block_args(model, blocks, input_ids[:1])
-    fp = capture_first_block_inputs(model, blocks[0], input_ids, runtime.forward_batch_size, torch.float32,
-                                    runtime.cache_device)
-    mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool().to(runtime.cache_device)
+    fp = capture_first_block_inputs(model, blocks[0], dp.shard(input_ids), runtime.forward_batch_size,
+                                    torch.float32, runtime.cache_device)
+    mask = None if attention_mask is None or bool(attention_mask.all()) else \
+        dp.shard(attention_mask.bool()).to(runtime.cache_device)
     q = fp.clone() if method.tunes and signround.enable_quanted_input else None
-    chain = _Chain(fp, q, mask, *_split_rows(fp.shape[0], signround.seed))
-    bar = tqdm(range(plan.n_blocks), desc=method.label, unit="block", disable=not runtime.show_progress)
+    chain = _Chain(fp, q, mask, *_split_rows(n_rows, signround.seed), n_rows)
+    bar = tqdm(range(plan.n_blocks), desc=method.label, unit="block",
+               disable=not runtime.show_progress or not dp.is_main)
     for i in bar:
         info = _quantize_block(i, blocks[i], block_args[i], plan, chain, method, start, signround, runtime, result)
         if "loss_before" in info:
@@ -212,6 +228,8 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     phases = _Phases()
     with torch.no_grad(), collector.watch(modules if optimize else {}):
         _forward_rows(block, chain.fp, targets, args_i, rows, device, collector, chain.mask, pass_autocast)
+    if optimize:
+        runtime.parallel.reduce_imatrix(collector.sums, collector.counts, list(modules))
     phases.mark("reference")
     states = [make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize)
               for local, p in zip(modules, layer_plans)]
@@ -222,7 +240,8 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     if tuning and states:
         block.requires_grad_(False)
         report = tune_block(block, states, inputs_for_tuning, targets, args_i, chain.mask, chain.train_idx,
-                            chain.val_idx, signround, device, autocast_dtype=autocast)
+                            chain.val_idx, signround, device, autocast_dtype=autocast, parallel=runtime.parallel,
+                            n_rows=chain.n_rows)
         phases.mark("tune")
     _quantize_states(states, modules, result)
     if chain.q is not None:
@@ -255,6 +274,7 @@ def _quantize_outside(model, arch, plan, hidden, mask, optimize, runtime, result
             sl = slice(start, start + runtime.forward_batch_size)
             collector.mask = None if mask is None else mask[sl]
             collector.add(plan.lm_head, norm(hidden[sl].to(device=ref.device, dtype=ref.dtype)))
+        runtime.parallel.reduce_imatrix(collector.sums, collector.counts, [plan.lm_head])
         if (head := collector.result(plan.lm_head)) is not None:
             result.imatrix[plan.lm_head] = head
     for p in plan.outside_layers():

@@ -24,6 +24,7 @@ import torch
 from ..method import Optimizer
 from ..options import option
 from ..model.capture import BlockArgs, run_block
+from .distributed import SINGLE_PROCESS, DataParallel
 from .layer import LayerQuantizer
 
 __all__ = ["SignRoundConfig", "BlockReport", "tune_block", "masked_mse", "IndexSampler", "autocast_context"]
@@ -131,8 +132,10 @@ def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
     return torch.autocast(device_type=kind, dtype=dtype, enabled=dtype is not None)
 
 
-def _eval_loss(block, states, inputs, targets, block_args, mask, idx, batch_size, device, autocast_dtype) -> float:
-    total, count = 0.0, 0
+def _eval_sums(block, states, inputs, targets, block_args, mask, idx, batch_size, device,
+               autocast_dtype) -> tuple[float, float]:
+    """sum(loss x valid tokens) and the valid tokens (rows when unmasked) over the rows ``idx``."""
+    total, count = 0.0, 0.0
     with torch.no_grad(), autocast_context(device, autocast_dtype):
         weights = _overrides(states)
         for start in range(0, len(idx), batch_size):
@@ -143,7 +146,12 @@ def _eval_loss(block, states, inputs, targets, block_args, mask, idx, batch_size
             n = len(rows) if m is None else float(m.sum())
             total += float(masked_mse(out, targets[rows].to(device), m)) * n
             count += n
-    return total / max(count, 1)
+    return total, count
+
+
+def _rows_weight(rows: torch.Tensor, mask: torch.Tensor | None) -> float:
+    """The valid tokens of ``rows`` in the units of ``masked_mse``'s mean (rows when unmasked: T is fixed)."""
+    return float(len(rows)) if mask is None else float(mask[rows].sum())
 
 
 def _optimizer_step(cfg: SignRoundConfig, rounding: list[torch.Tensor], ranges: list[torch.Tensor]):
@@ -191,13 +199,24 @@ def tune_block(
     device: torch.device | str = "cpu",
     on_step=None,
     autocast_dtype: torch.dtype | None = None,
+    parallel: DataParallel = SINGLE_PROCESS,
+    n_rows: int | None = None,
 ) -> BlockReport:
     """Tune the states of one block in place and leave them at the best held-out parameters.
 
     inputs/targets: (N, T, H) cached rows (any device; moved per batch), mask: (N, T) bool or None.
     ``autocast_dtype`` (e.g. bfloat16) runs the block's matmuls in lower precision; the tunables, the
     fake quantization and the loss stay float32.
+
+    Data parallel (``parallel.active``): inputs/targets/mask hold only this rank's shard
+    (``parallel.shard``) of the ``n_rows`` rows, while train_idx/val_idx are global indices; every rank
+    draws the same batches, runs the rows it holds with its loss weighted by its share of the batch's
+    valid tokens, and sums the gradients over the ranks before each step, so all ranks take the
+    1-process step; held-out losses are reduced over the ranks.
     """
+    if parallel.active and n_rows is None:
+        raise ValueError("data-parallel tuning needs n_rows, the number of rows over all ranks")
+    n_rows = inputs.shape[0] if n_rows is None else n_rows
     for s in states:
         s.enable_tuning(cfg.enable_minmax_tuning, cfg.enable_torch_compile)
     rounding = [t for s in states for t in s.tunables()[0]]
@@ -205,8 +224,12 @@ def tune_block(
     sampler = IndexSampler(train_idx, cfg.seed)
     bs, gas = cfg.batch_size, cfg.gradient_accumulate_steps
 
+    local_val = parallel.local_rows(val_idx, n_rows)
+
     def evaluate() -> float:
-        return _eval_loss(block, states, inputs, targets, block_args, mask, val_idx, bs, device, autocast_dtype)
+        total, count = _eval_sums(block, states, inputs, targets, block_args, mask, local_val, bs, device,
+                                  autocast_dtype)
+        return parallel.reduce_loss(total, count)
 
     best = evaluate()
     report = BlockReport(loss_before=best, loss_after=best, best_iter=0, iters_run=0)
@@ -214,14 +237,18 @@ def tune_block(
     step = _optimizer_step(cfg, rounding, ranges)
     stale = 0
     for it in range(cfg.iters):
-        for _ in range(gas):
-            rows = sampler.take(bs)
+        batches = [parallel.local_rows(sampler.take(bs), n_rows) for _ in range(gas)]
+        shares = parallel.batch_shares([_rows_weight(rows, mask) for rows in batches])
+        for rows, share in zip(batches, shares):
+            if len(rows) == 0:
+                continue
             x = inputs[rows].to(device)
             m = None if mask is None else mask[rows].to(device)
             with autocast_context(device, autocast_dtype):
                 out = run_block(block, x, block_args, _overrides(states))
             loss = masked_mse(out, targets[rows].to(device), m)
-            loss.backward()
+            (loss * share if parallel.active else loss).backward()
+        parallel.all_reduce_grads(rounding + ranges)
         step(1.0 - it / cfg.iters)
         for s in states:
             s.clamp_()
