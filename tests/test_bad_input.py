@@ -219,3 +219,16 @@ def test_default_seqlen_is_clamped_to_the_positions_with_a_warning(caplog):
         run = resolve_run(UserOptions({"iters": 2}), max_positions=256)  # default 2048 > 256 positions
     assert run.seqlen == 256
     assert "2048 tokens would exceed the model's 256 positions" in caplog.text
+
+
+@pytest.mark.parametrize("arch, positions", [("gpt2", 256), ("llama", 256), ("opt", 256)])
+def test_positions_are_read_for_every_architecture(tiny, arch, positions):
+    """GPT-2 names its positions n_positions: a seqlen over it is refused before calibration, not an IndexError."""
+    from signround.config import resolve_run
+    from signround.model.arch import max_positions
+    from signround.options import UserOptions
+
+    n = max_positions(tiny(arch))
+    assert n == positions
+    with pytest.raises(BadInputError, match=f"seqlen 512 is longer than the model's {n} positions"):
+        resolve_run(UserOptions({"seqlen": 512, "iters": 1}), max_positions=n)

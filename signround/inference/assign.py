@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..model.arch import tied_embeddings
 from .layouts import CheckpointError, check_finite
 
 __all__ = ["check_tensors", "assign_tensors", "PACKED_SUFFIXES"]
@@ -54,7 +55,7 @@ def assign_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], whe
     """Put ``tensors`` (already checked) into the meta ``model``, cast to ``dtype``; fail on any parameter left out."""
     cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     model.load_state_dict(cast, strict=False, assign=True)
-    if getattr(model.config, "tie_word_embeddings", False):
+    if tied_embeddings(model):
         model.tie_weights()
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     missing += [n for n, b in model.named_buffers() if b is not None and b.is_meta]
