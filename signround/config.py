@@ -105,7 +105,7 @@ class RunConfig:
             "runtime": {"device": rt.device, "tune_dtype": str(rt.tune_dtype).removeprefix("torch."),
                         "tune_dtype_reason": self.tune_dtype_reason, "threads": torch.get_num_threads(),
                         "low_gpu_mem_usage": rt.low_gpu_mem_usage, "enable_torch_compile": t.enable_torch_compile,
-                        "world_size": rt.parallel.world_size},
+                        "low_precision_passes": rt.low_precision_passes, "world_size": rt.parallel.world_size},
             "versions": versions(),
         }
 
@@ -163,5 +163,6 @@ def resolve_run(opts: UserOptions, formats: Iterable[Any] = (), max_positions: i
         tune_dtype, why = torch.float32, "no tuning loop"
     runtime = RuntimeOptions(device=device, tune_dtype=tune_dtype, low_gpu_mem_usage=opts.get("low_gpu_mem_usage"),
                              forward_batch_size=opts.get("batch_size"),
+                             low_precision_passes=opts.get("low_precision_passes"),
                              show_progress=show_progress and opts.get("show_progress"))
     return RunConfig(method, start, tuning, runtime, nsamples, seqlen, opts.get("dataset"), why, recipe)

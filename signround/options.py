@@ -129,6 +129,8 @@ OPTIONS: tuple[Option, ...] = (
            "on CPUs with AMX, else float32), float32, bfloat16", _R, _one_of(*_DTYPES)),
     Option("low_gpu_mem_usage", bool, False, "keep cached activations on the CPU", _R, cli="true"),
     Option("enable_torch_compile", bool, False, "fuse the fake quantization with torch.compile", _R, cli="true"),
+    Option("low_precision_passes", bool, False, "run the reference and chain passes in tune_dtype too (faster, "
+           "slightly less exact)", _R, cli="true"),
     Option("show_progress", bool, True, "progress bars (the CLI's -q turns them off)", _R, cli="none"),
 )
 

@@ -151,7 +151,7 @@ def test_layer_state_fake_quant_is_what_the_codes_dequantize_to(qtype):
 def test_api_gguf_preset_defaults_to_its_format_and_to_opt_rtn(tmp_path, tok):
     ar = AutoRound(tiny_arch_model("llama"), tok, scheme="GGUF:Q4_K_M", **CALIB)
     (folder,) = ar.quantize_and_save(tmp_path)
-    assert folder.name == "model-gguf-q4_k_m" and ar.signround.iters == 0
+    assert folder.name == "model-gguf-q4_k_m" and ar.run.tuning.iters == 0 and ar.run.method.value == "opt_rtn"
     assert sorted(p.name for p in folder.iterdir()) == ["model-Q4_K_M.gguf", "quant_log.json", "signround.json"]
     assert "model.layers.0.mlp.down_proj" in ar.result.imatrix and "lm_head" in ar.result.imatrix
     _assert_file_holds_codes(ar, _one_gguf(folder))
