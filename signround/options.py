@@ -129,6 +129,8 @@ OPTIONS: tuple[Option, ...] = (
            "on CPUs with AMX, else float32), float32, bfloat16", _R, _one_of(*_DTYPES)),
     Option("low_gpu_mem_usage", bool, False, "keep cached activations on the CPU", _R, cli="true"),
     Option("enable_torch_compile", bool, False, "fuse the fake quantization with torch.compile", _R, cli="true"),
+    Option("resume", bool, False, "require continuing a killed run of the same command from its last finished block "
+           "(it continues automatically whenever that run's checkpoint exists)", _R, cli="true"),
     Option("show_progress", bool, True, "progress bars (the CLI's -q turns them off)", _R, cli="none"),
 )
 
