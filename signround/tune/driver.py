@@ -201,8 +201,8 @@ def quantize_model(
         fp = progress.fp.to(runtime.cache_device)
         q = None if progress.q is None else progress.q.to(runtime.cache_device)
         _restore_blocks(model, plan, progress, result)
-        logger.warning("resuming from block %d of %d: blocks 1-%d restored from %s", progress.next_block + 1,
-                       plan.n_blocks, progress.next_block, work.path)
+        logger.warning("resuming from block %d of %d: %d finished block(s) restored from their codes in %s",
+                       progress.next_block + 1, plan.n_blocks, progress.next_block, work.path)
     else:
         fp = capture_first_block_inputs(model, blocks[0], dp.shard(input_ids), runtime.forward_batch_size,
                                         torch.float32, runtime.cache_device)

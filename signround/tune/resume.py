@@ -3,6 +3,7 @@
 The work directory is a hidden sibling of the first output, ``<output_dir>/.<first target name>.work/``
 (created with the user's umask; signround never writes inside or over anything the user owns). It holds:
 
+- ``owner``: the pid of the run using it (another live process using the same directory is refused);
 - ``fingerprint.json``: what fixes the results (the resolved run record minus the fields that do not
   change them, the plan, the model source, a hash of the calibration rows). Another command or model
   refuses the directory and says which fields differ; the directory is left alone.
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import BadInputError
+from ..export.io import _pid_alive
 
 __all__ = ["WorkDir", "Progress", "run_fingerprint", "work_dir_for", "open_work_dir", "load_progress",
            "save_block", "remove_work_dir"]
@@ -41,6 +43,7 @@ __all__ = ["WorkDir", "Progress", "run_fingerprint", "work_dir_for", "open_work_
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "fingerprint.json"
+OWNER_FILE = "owner"  # the pid of the process using the directory: a second live run of it is refused
 _BLOCK = re.compile(r"^block-(\d{5})\.pt$")
 _CHAIN = re.compile(r"^chain-(\d{5})\.pt$")
 # Run record fields that never change the codes: where the activations are cached, thread count, why a dtype
@@ -127,6 +130,17 @@ def _finished(path: Path) -> int:
     return next((n for n in chains if all(i in blocks for i in range(n))), 0)
 
 
+def _owner(path: Path) -> int | None:
+    try:
+        return int((path / OWNER_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _claim(path: Path) -> None:
+    _atomic_write(path / OWNER_FILE, lambda f: f.write(f"{os.getpid()}\n".encode()))
+
+
 def open_work_dir(path: "str | Path", fingerprint: dict[str, Any], require: bool) -> tuple[WorkDir, int]:
     """Open (or create) the work directory for a run of this ``fingerprint``; returns it and its finished blocks.
 
@@ -138,6 +152,10 @@ def open_work_dir(path: "str | Path", fingerprint: dict[str, Any], require: bool
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise BadInputError(f"work directory {path} exists and is not a directory signround made; remove it yourself")
     if path.is_dir() and any(path.iterdir()):
+        owner = _owner(path)
+        if owner is not None and owner != os.getpid() and _pid_alive(owner):
+            raise BadInputError(f"work directory {path} is in use by the running process {owner} (the same command "
+                                f"is running): wait for it, or choose another output_dir")
         fp_file = path / FINGERPRINT_FILE
         if not fp_file.is_file():
             raise BadInputError(f"work directory {path} has no {FINGERPRINT_FILE}: it was not left by signround; "
@@ -158,11 +176,13 @@ def open_work_dir(path: "str | Path", fingerprint: dict[str, Any], require: bool
         for p in path.iterdir():  # temporary files of a killed write
             if p.name.startswith(".tmp-"):
                 p.unlink()
+        _claim(path)
         return WorkDir(path), done
     if require:
         raise BadInputError(f"resume: nothing to resume, no work directory {path} (it is made by a run with the same "
                             f"output_dir and removed after a successful export)")
     path.mkdir(parents=True, exist_ok=True)  # mode 0o777 & ~umask
+    _claim(path)
     _atomic_write(path / FINGERPRINT_FILE,
                   lambda f: f.write((json.dumps(fingerprint, indent=1, sort_keys=True) + "\n").encode()))
     return WorkDir(path), 0

@@ -185,3 +185,16 @@ def test_a_chain_file_counts_only_with_its_blocks(tmp_path):
     assert progress.next_block == 1 and torch.equal(progress.fp, torch.ones(2)) and progress.q is None
     _, done = open_work_dir(tmp_path / ".w", {"run": 1}, require=True)
     assert done == 1 and not (work.path / ".tmp-1-ab-chain-00002.pt").exists()
+
+
+def test_work_dir_in_use_by_a_live_process_is_refused(tmp_path):
+    from signround.errors import BadInputError
+    from signround.tune.resume import open_work_dir
+
+    work, _ = open_work_dir(tmp_path / ".w", {"run": 1}, require=False)
+    (work.path / "owner").write_text(f"{os.getppid()}\n")  # a live process other than this one
+    with pytest.raises(BadInputError, match=f"in use by the running process {os.getppid()}"):
+        open_work_dir(tmp_path / ".w", {"run": 1}, require=False)
+    (work.path / "owner").write_text("999999999\n")  # gone
+    assert open_work_dir(tmp_path / ".w", {"run": 1}, require=False)[1] == 0
+    assert (work.path / "owner").read_text() == f"{os.getpid()}\n"
