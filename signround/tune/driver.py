@@ -37,7 +37,7 @@ from . import gguf_layer  # noqa: F401  (registers the "gguf" layer state)
 from .distributed import SINGLE_PROCESS, DataParallel
 from .imatrix import ImatrixCollector
 from .layer import LayerQuantizer, make_layer_state
-from .resume import Progress, WorkDir, load_progress, save_block
+from .resume import BlockPart, Progress, WorkDir, load_progress, save_block
 from .signround import BlockReport, SignRoundConfig, autocast_context as _autocast, tune_block
 
 __all__ = ["RuntimeOptions", "QuantizeResult", "quantize_model", "write_weight"]
@@ -225,25 +225,25 @@ def quantize_model(
     return result
 
 
-def _block_part(plan: QuantPlan, i: int, result: QuantizeResult) -> dict:
+def _block_part(plan: QuantPlan, i: int, result: QuantizeResult) -> BlockPart:
     """What block ``i`` added to ``result``: its layers' codes and records, its report fields, its imatrices."""
     names = [p.name for p in plan.block_layers(i)]
-    return {"weights": {n: result.weights[n] for n in names}, "layers": {n: result.layers[n] for n in names},
-            "info": result.blocks[i], "imatrix": {n: result.imatrix[n] for n in names if n in result.imatrix}}
+    return BlockPart(weights={n: result.weights[n] for n in names}, layers={n: result.layers[n] for n in names},
+                     info=result.blocks[i], imatrix={n: result.imatrix[n] for n in names if n in result.imatrix})
 
 
 def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress, result: QuantizeResult) -> None:
     """Put the finished blocks' codes back into the model (``write_weight``) and their parts into ``result``."""
     for i, part in enumerate(progress.blocks):
         expected = {p.name for p in plan.block_layers(i)}
-        if set(part["weights"]) != expected:
-            raise ValueError(f"checkpoint of block {i} holds layers {sorted(part['weights'])}, the plan {sorted(expected)}")
-        for name, qw in part["weights"].items():
+        if set(part.weights) != expected:
+            raise ValueError(f"checkpoint of block {i} holds layers {sorted(part.weights)}, the plan {sorted(expected)}")
+        for name, qw in part.weights.items():
             write_weight(model.get_submodule(name), plan.layers[name], qw)
-        result.weights.update(part["weights"])
-        result.layers.update(part["layers"])
-        result.imatrix.update(part["imatrix"])
-        result.blocks[i] = part["info"]
+        result.weights.update(part.weights)
+        result.layers.update(part.layers)
+        result.imatrix.update(part.imatrix)
+        result.blocks[i] = part.info
 
 
 def _quantize_block(i, block, block_args, plan, chain, method, start, signround, runtime, result) -> dict:

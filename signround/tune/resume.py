@@ -37,7 +37,7 @@ import torch
 from ..errors import BadInputError
 from ..export.io import _pid_alive
 
-__all__ = ["WorkDir", "Progress", "run_fingerprint", "work_dir_for", "open_work_dir", "load_progress",
+__all__ = ["WorkDir", "BlockPart", "Progress", "run_fingerprint", "work_dir_for", "open_work_dir", "load_progress",
            "save_block", "remove_work_dir"]
 
 logger = logging.getLogger(__name__)
@@ -58,12 +58,22 @@ class WorkDir:
     path: Path
 
 
+@dataclass(frozen=True)
+class BlockPart:
+    """What one finished block added to the run's result (``driver.QuantizeResult``), keyed by layer name."""
+
+    weights: dict[str, Any]  # the codes: QuantizedWeight, GGUFQuantized... (whatever the layer state returned)
+    layers: dict[str, dict]  # per-layer report records
+    info: dict  # the block's report fields
+    imatrix: dict[str, torch.Tensor]  # importance matrices of its layers
+
+
 @dataclass
 class Progress:
     """What the finished blocks left: their saved parts (in order) and the next block's inputs."""
 
     next_block: int
-    blocks: list[dict[str, Any]] = field(default_factory=list)
+    blocks: list[BlockPart] = field(default_factory=list)
     fp: torch.Tensor | None = None
     q: torch.Tensor | None = None
 
@@ -199,7 +209,7 @@ def load_progress(work: WorkDir) -> Progress:
     return Progress(n, blocks, chain["fp"], chain["q"])
 
 
-def save_block(work: WorkDir, i: int, part: dict[str, Any], fp: torch.Tensor, q: torch.Tensor | None) -> None:
+def save_block(work: WorkDir, i: int, part: BlockPart, fp: torch.Tensor, q: torch.Tensor | None) -> None:
     """Record block ``i`` as finished: its part, then the inputs of block i+1 (each file written atomically)."""
     _atomic_write(work.path / f"block-{i:05d}.pt", lambda f: torch.save(part, f))
     chain = {"fp": fp.detach().cpu(), "q": None if q is None else q.detach().cpu()}

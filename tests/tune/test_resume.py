@@ -175,14 +175,15 @@ def test_a_chain_file_counts_only_with_its_blocks(tmp_path):
     """A block is finished only when the next block's inputs are recorded after it (each file renamed into place)."""
     import torch
 
-    from signround.tune.resume import load_progress, open_work_dir, save_block
+    from signround.tune.resume import BlockPart, load_progress, open_work_dir, save_block
 
     work, _ = open_work_dir(tmp_path / ".w", {"run": 1}, require=False)
-    save_block(work, 0, {"weights": {}}, torch.ones(2), None)
+    save_block(work, 0, BlockPart({}, {}, {"layers": 0}, {}), torch.ones(2), None)
     (work.path / "block-00001.pt").write_bytes(b"")  # block 1 written, its chain file not: block 1 is not finished
     (work.path / ".tmp-1-ab-chain-00002.pt").write_bytes(b"half")  # a write killed before its rename
     progress = load_progress(work)
     assert progress.next_block == 1 and torch.equal(progress.fp, torch.ones(2)) and progress.q is None
+    assert progress.blocks == [BlockPart({}, {}, {"layers": 0}, {})]
     _, done = open_work_dir(tmp_path / ".w", {"run": 1}, require=True)
     assert done == 1 and not (work.path / ".tmp-1-ab-chain-00002.pt").exists()
 
