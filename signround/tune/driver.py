@@ -237,7 +237,8 @@ def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress,
     for i, part in enumerate(progress.blocks):
         expected = {p.name for p in plan.block_layers(i)}
         if set(part.weights) != expected:
-            raise ValueError(f"checkpoint of block {i} holds layers {sorted(part.weights)}, the plan {sorted(expected)}")
+            raise ValueError(f"checkpoint of block {i} holds layers {sorted(part.weights)}, the plan "
+                             f"{sorted(expected)}")
         for name, qw in part.weights.items():
             write_weight(model.get_submodule(name), plan.layers[name], qw)
         result.weights.update(part.weights)
