@@ -37,8 +37,8 @@ import torch
 from ..errors import BadInputError
 from ..export.io import _pid_alive
 
-__all__ = ["WorkDir", "BlockPart", "Progress", "run_fingerprint", "work_dir_for", "open_work_dir", "load_progress",
-           "save_block", "remove_work_dir"]
+__all__ = ["WorkDir", "BlockPart", "Progress", "run_fingerprint", "work_dir_for", "check_resumable", "open_work_dir",
+           "load_progress", "save_block", "remove_work_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,14 @@ def _claim(path: Path) -> None:
     _atomic_write(path / OWNER_FILE, lambda f: f.write(f"{os.getpid()}\n".encode()))
 
 
+def check_resumable(path: "str | Path") -> None:
+    """BadInputError unless ``path`` holds a checkpoint (the cheap check ``--resume`` runs before the model loads)."""
+    path = Path(path).absolute()
+    if not (path / FINGERPRINT_FILE).is_file():
+        raise BadInputError(f"resume: nothing to resume, no checkpoint in {path} (a run with the same command and "
+                            f"output_dir makes it, and removes it after a successful export)")
+
+
 def open_work_dir(path: "str | Path", fingerprint: dict[str, Any], require: bool) -> tuple[WorkDir, int]:
     """Open (or create) the work directory for a run of this ``fingerprint``; returns it and its finished blocks.
 
@@ -189,8 +197,7 @@ def open_work_dir(path: "str | Path", fingerprint: dict[str, Any], require: bool
         _claim(path)
         return WorkDir(path), done
     if require:
-        raise BadInputError(f"resume: nothing to resume, no work directory {path} (it is made by a run with the same "
-                            f"output_dir and removed after a successful export)")
+        check_resumable(path)
     path.mkdir(parents=True, exist_ok=True)  # mode 0o777 & ~umask
     _claim(path)
     _atomic_write(path / FINGERPRINT_FILE,

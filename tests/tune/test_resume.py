@@ -99,11 +99,17 @@ def test_killed_run_resumes_to_the_same_bytes(tiny_model_dir, tmp_path, caplog, 
 
 
 def test_resume_without_a_checkpoint_fails_clearly(tiny_model_dir, tmp_path, capsys):
+    from signround import AutoRound
+    from signround.errors import BadInputError
+
     out = tmp_path / "out"
     assert main([*_args(tiny_model_dir, out), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "resume: nothing to resume" in err, err
     assert _work_dirs(out) == [] and not any(out.iterdir() if out.is_dir() else [])
+    with pytest.raises(BadInputError, match="nothing to resume"):  # the API, past the CLI's pre-load check
+        AutoRound(str(tiny_model_dir), iters=1, nsamples=2, seqlen=16, resume=True).quantize_and_save(out)
+    assert _work_dirs(out) == []
 
 
 def test_driver_restores_finished_blocks_into_the_model(tiny, calib_ids, tmp_path, monkeypatch):
