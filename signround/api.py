@@ -33,6 +33,7 @@ from .request import QuantRequest
 from .schemes import QuantScheme
 from .tune.distributed import DataParallel
 from .tune.driver import QuantizeResult, quantize_model
+from .tune.resume import WorkDir, open_work_dir, remove_work_dir, run_fingerprint, work_dir_for
 
 __all__ = ["AutoRound"]
 
@@ -71,6 +72,7 @@ class AutoRound:
         self._plan: QuantPlan | None = None
         self.calibration_source = ""
         self.calibration_rows: int | None = None
+        self._work: WorkDir | None = None  # the block checkpoints this run writes (removed after the export)
 
     # -- set-up ---------------------------------------------------------------------------------
     @staticmethod
@@ -126,8 +128,31 @@ class AutoRound:
         return data.input_ids, data.attention_mask
 
     # -- the pipeline ---------------------------------------------------------------------------
-    def quantize(self, formats: "str | Iterable[str] | None" = None) -> tuple[torch.nn.Module, QuantizeResult]:
-        """Quantize the model in place; returns it (its weights now hold the dequantized codes) and the result."""
+    def _open_work(self, work_dir: "str | Path | None", input_ids: torch.Tensor | None,
+                   mask: torch.Tensor | None) -> WorkDir | None:
+        """The checkpoint directory of this run (``tune/resume.py``), when there is a block loop to checkpoint."""
+        require = bool(self.options.get("resume"))
+        why_not = ("no output directory is known (use quantize_and_save or save_quantized)" if work_dir is None
+                   else "plain RTN has no block loop" if input_ids is None
+                   else "data-parallel runs are not checkpointed" if self.run.runtime.parallel.active else None)
+        if why_not:
+            if require:
+                raise BadInputError(f"resume: nothing can be resumed here: {why_not}")
+            return None
+        assert self._plan is not None
+        fingerprint = run_fingerprint(self.settings(), self._plan.to_dict(), self.loaded.source, input_ids, mask)
+        work, done = open_work_dir(work_dir, fingerprint, require)
+        if done == 0:
+            logger.info("checkpointing each finished block in %s", work.path)
+        return work
+
+    def quantize(self, formats: "str | Iterable[str] | None" = None,
+                 work_dir: "str | Path | None" = None) -> tuple[torch.nn.Module, QuantizeResult]:
+        """Quantize the model in place; returns it (its weights now hold the dequantized codes) and the result.
+
+        ``work_dir``: checkpoint every finished block there and continue from the last one a killed run of the
+        same command left (``quantize_and_save`` passes the hidden sibling of the first output).
+        """
         if self.result is not None:
             return self.model, self.result
         fmts = parse_formats(formats) if formats else self.request.default_formats()
@@ -143,9 +168,10 @@ class AutoRound:
         input_ids, mask = self._calibration() if self._plan.quantized() else (None, None)
         if input_ids is not None:
             self.run = self.run.with_rows(_train_rows(input_ids.shape[0]))
+        self._work = self._open_work(work_dir, input_ids, mask)
         t0 = time.time()
         self.result = quantize_model(self.model, self.arch, self._plan, input_ids, mask, self.run.tuning,
-                                     start=self.run.start, runtime=self.run.runtime)
+                                     start=self.run.start, runtime=self.run.runtime, work=self._work)
         logger.info("quantized %d layers in %.1f s, peak RSS %.0f MiB", len(self.result.weights), time.time() - t0,
                     _peak_rss_mib())
         return self.model, self.result
@@ -169,7 +195,7 @@ class AutoRound:
         targets = self.output_dirs(output_dir, fmts)
         if self.result is None:
             self.request.check_outputs(targets, overwrite)  # on every rank: nothing is written before all quantized
-            self.quantize(fmts)
+            self.quantize(fmts, work_dir=work_dir_for(targets[0]))
         else:
             if self.run.runtime.parallel.is_main:  # rank 0 may be writing while the others get here
                 self.request.check_outputs(targets, overwrite)
@@ -191,6 +217,9 @@ class AutoRound:
         data = ExportInput(self.model, self.tokenizer, self._plan, self.result.weights, self.settings(),
                            self.loaded.source, log, imatrix=self.result.imatrix, start=self.run.start)
         written = [export_model(data, fmt, target, overwrite=overwrite) for fmt, target in zip(fmts, targets)]
+        if self._work is not None:  # exported: the checkpoints are no longer needed
+            remove_work_dir(self._work)
+            self._work = None
         parallel.barrier()
         return written
 
@@ -198,6 +227,7 @@ class AutoRound:
                           overwrite: bool = False) -> list[Path]:
         """Quantize and write each format (comma separated; None: the scheme's own, see ``formats``)."""
         fmts = self.formats(format)  # an unknown format fails before any work
-        self.request.check_outputs(self.output_dirs(output_dir, fmts), overwrite)
-        self.quantize(fmts)
+        targets = self.output_dirs(output_dir, fmts)
+        self.request.check_outputs(targets, overwrite)
+        self.quantize(fmts, work_dir=work_dir_for(targets[0]))
         return self.save_quantized(output_dir, ",".join(f.value for f in fmts), overwrite)

@@ -119,6 +119,10 @@ def _quantize(argv: Sequence[str], prog: str, recipe: str) -> int:
     targets = request.output_dirs(source_name(args.model), args.output_dir, args.format)
     if not args.print_plan:
         request.check_outputs(targets, args.overwrite)
+        if options.get("resume"):
+            from .tune.resume import check_resumable, work_dir_for
+
+            check_resumable(work_dir_for(targets[0]))
     t0 = time.time()
     ar = AutoRound(args.model, scheme=args.scheme, **options)
     if args.print_plan:

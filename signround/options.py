@@ -131,6 +131,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("enable_torch_compile", bool, False, "fuse the fake quantization with torch.compile", _R, cli="true"),
     Option("low_precision_passes", bool, False, "run the reference and chain passes in tune_dtype too (faster, "
            "slightly less exact)", _R, cli="true"),
+    Option("resume", bool, False, "require continuing a killed run of the same command from its last finished block "
+           "(it continues automatically whenever that run's checkpoint exists)", _R, cli="true"),
     Option("show_progress", bool, True, "progress bars (the CLI's -q turns them off)", _R, cli="none"),
 )
 

@@ -37,6 +37,7 @@ from . import gguf_layer  # noqa: F401  (registers the "gguf" layer state)
 from .distributed import SINGLE_PROCESS, DataParallel
 from .imatrix import ImatrixCollector
 from .layer import LayerQuantizer, make_layer_state
+from .resume import BlockPart, Progress, WorkDir, load_progress, save_block
 from .signround import BlockReport, SignRoundConfig, autocast_context as _autocast, tune_block
 
 __all__ = ["RuntimeOptions", "QuantizeResult", "quantize_model", "write_weight"]
@@ -158,11 +159,16 @@ def quantize_model(
     signround: SignRoundConfig,
     start: Start = Start.SEARCH,
     runtime: RuntimeOptions = RuntimeOptions(),
+    work: WorkDir | None = None,
 ) -> QuantizeResult:
     """Quantize every planned layer of ``model`` in place; return the codes and a per-block report.
 
     The method is ``method_for(signround.iters, start)``: SignRound when iters > 0, else optimised RTN
     (``Start.SEARCH``) or plain RTN (``Start.MINMAX``, which needs no data).
+
+    ``work`` (``tune/resume.py``, opened for this very run): every finished block is checkpointed there,
+    and the blocks it already holds are restored into the model from their codes instead of being run
+    again; the loop continues from the next one with the saved inputs (single process only).
     """
     t0 = time.time()
     result = QuantizeResult()
@@ -186,25 +192,59 @@ def quantize_model(
         dp.check_identical(attention_mask, "calibration attention masks")
     if n_rows < dp.world_size:
         raise ValueError(f"{n_rows} calibration rows cannot be split over {dp.world_size} processes")
+    if work is not None and dp.active:
+        raise ValueError("block checkpoints (work) are not supported under data parallel: each rank holds a shard")
     blocks = get_module(model, arch.blocks)
-    block_args = capture_block_args(model, blocks, input_ids[:1])
-    fp = capture_first_block_inputs(model, blocks[0], dp.shard(input_ids), runtime.forward_batch_size,
-                                    torch.float32, runtime.cache_device)
+    block_args = capture_block_args(model, blocks, input_ids[:1])  # on the float model, before any restore
+    progress = load_progress(work) if work is not None else Progress(0)
+    if progress.next_block:
+        fp = progress.fp.to(runtime.cache_device)
+        q = None if progress.q is None else progress.q.to(runtime.cache_device)
+        _restore_blocks(model, plan, progress, result)
+        logger.warning("resuming from block %d of %d: %d finished block(s) restored from their codes in %s",
+                       progress.next_block + 1, plan.n_blocks, progress.next_block, work.path)
+    else:
+        fp = capture_first_block_inputs(model, blocks[0], dp.shard(input_ids), runtime.forward_batch_size,
+                                        torch.float32, runtime.cache_device)
+        q = fp.clone() if method.tunes and signround.enable_quanted_input else None
     mask = None if attention_mask is None or bool(attention_mask.all()) else \
         dp.shard(attention_mask.bool()).to(runtime.cache_device)
-    q = fp.clone() if method.tunes and signround.enable_quanted_input else None
     chain = _Chain(fp, q, mask, *_split_rows(n_rows, signround.seed), n_rows)
-    bar = tqdm(range(plan.n_blocks), desc=method.label, unit="block",
+    bar = tqdm(range(progress.next_block, plan.n_blocks), desc=method.label, unit="block",
                disable=not runtime.show_progress or not dp.is_main)
     for i in bar:
         info = _quantize_block(i, blocks[i], block_args[i], plan, chain, method, start, signround, runtime, result)
         if "loss_before" in info:
             bar.set_postfix_str(f"loss {info['loss_before']:.3g}->{info['loss_after']:.3g} (best it {info['best_iter']})")
         result.blocks[i] = info
+        if work is not None:
+            save_block(work, i, _block_part(plan, i, result), chain.fp, chain.q)
     _quantize_outside(model, arch, plan, chain.q if chain.q is not None else chain.fp, mask, start.searches, runtime,
                       result)
     result.seconds = time.time() - t0
     return result
+
+
+def _block_part(plan: QuantPlan, i: int, result: QuantizeResult) -> BlockPart:
+    """What block ``i`` added to ``result``: its layers' codes and records, its report fields, its imatrices."""
+    names = [p.name for p in plan.block_layers(i)]
+    return BlockPart(weights={n: result.weights[n] for n in names}, layers={n: result.layers[n] for n in names},
+                     info=result.blocks[i], imatrix={n: result.imatrix[n] for n in names if n in result.imatrix})
+
+
+def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress, result: QuantizeResult) -> None:
+    """Put the finished blocks' codes back into the model (``write_weight``) and their parts into ``result``."""
+    for i, part in enumerate(progress.blocks):
+        expected = {p.name for p in plan.block_layers(i)}
+        if set(part.weights) != expected:
+            raise ValueError(f"checkpoint of block {i} holds layers {sorted(part.weights)}, the plan "
+                             f"{sorted(expected)}")
+        for name, qw in part.weights.items():
+            write_weight(model.get_submodule(name), plan.layers[name], qw)
+        result.weights.update(part.weights)
+        result.layers.update(part.layers)
+        result.imatrix.update(part.imatrix)
+        result.blocks[i] = part.info
 
 
 def _quantize_block(i, block, block_args, plan, chain, method, start, signround, runtime, result) -> dict:
