@@ -155,6 +155,13 @@ def test_api_gguf_preset_defaults_to_its_format_and_to_opt_rtn(tmp_path, tok):
     assert sorted(p.name for p in folder.iterdir()) == ["model-Q4_K_M.gguf", "quant_log.json", "signround.json"]
     assert "model.layers.0.mlp.down_proj" in ar.result.imatrix and "lm_head" in ar.result.imatrix
     _assert_file_holds_codes(ar, _one_gguf(folder))
+    with pytest.raises(ValueError, match=r"can only be exported as GGUF \(gguf:q4_k_m\); got format auto_round"):
+        ar.save_quantized(tmp_path, format="auto_round")
+
+
+def test_a_run_quantized_for_a_gguf_mix_is_not_saved_in_another_format(tmp_path, tok):
+    ar = AutoRound(tiny_arch_model("llama"), tok, **CALIB)
+    ar.quantize_and_save(tmp_path, format="gguf:q4_k_m")
     with pytest.raises(ValueError, match="quantized for gguf:q4_k_m; .* cannot be saved as auto_round"):
         ar.save_quantized(tmp_path, format="auto_round")
 
