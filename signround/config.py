@@ -131,8 +131,7 @@ def _fit_seqlen(seqlen: int, positions: int | None, given: bool) -> int:
     return positions
 
 
-def resolve_run(opts: UserOptions, formats: Iterable[Any] = (), max_positions: int | None = None,
-                show_progress: bool = True) -> RunConfig:
+def resolve_run(opts: UserOptions, formats: Iterable[Any] = (), max_positions: int | None = None) -> RunConfig:
     """The run's configuration for these formats (and a model of ``max_positions`` positions, when known).
 
     A BadInputError names any value that cannot work.
@@ -164,5 +163,5 @@ def resolve_run(opts: UserOptions, formats: Iterable[Any] = (), max_positions: i
     runtime = RuntimeOptions(device=device, tune_dtype=tune_dtype, low_gpu_mem_usage=opts.get("low_gpu_mem_usage"),
                              forward_batch_size=opts.get("batch_size"),
                              low_precision_passes=opts.get("low_precision_passes"),
-                             show_progress=show_progress and opts.get("show_progress"))
+                             show_progress=opts.get("show_progress"))
     return RunConfig(method, start, tuning, runtime, nsamples, seqlen, opts.get("dataset"), why, recipe)
