@@ -262,11 +262,11 @@ def _rows_per_copy(store: RowStore) -> int:
 
 def _on_tmpfs(path: Path) -> bool:
     """A file in tmpfs lives in RAM, so spilling there saves nothing."""
-    best, fstype = "", ""
+    best, fstype, inside = "", "", str(path).rstrip("/") + "/"
     try:
         for line in Path("/proc/self/mounts").read_text().splitlines():
             fields = line.split()
-            if len(fields) > 2 and str(path).startswith(fields[1].rstrip("/") + "/") and len(fields[1]) > len(best):
+            if len(fields) > 2 and inside.startswith(fields[1].rstrip("/") + "/") and len(fields[1]) > len(best):
                 best, fstype = fields[1], fields[2]
     except OSError:
         return False
