@@ -70,9 +70,8 @@ def _stat_value(path: Path, key: str) -> int:
     return 0
 
 
-def _cgroup_available() -> int | None:
+def _cgroup_available(v2: Path = Path("/sys/fs/cgroup")) -> int | None:
     """Room left under this process's cgroup memory limit (containers: MemAvailable shows the host's RAM)."""
-    v2 = Path("/sys/fs/cgroup")
     limit = _read_int(v2 / "memory.max")
     if limit is not None:
         used = _read_int(v2 / "memory.current") or 0

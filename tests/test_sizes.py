@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from signround.errors import BadInputError
-from signround.sizes import available_memory, format_size, parse_size
+from signround.sizes import _cgroup_available, available_memory, format_size, parse_size
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -46,3 +46,20 @@ def test_format_size(n, expected):
 
 def test_available_memory_is_positive():
     assert 0 < available_memory() < 2**50
+
+
+def test_cgroup_limit_counts_reclaimable_page_cache(tmp_path):
+    assert _cgroup_available(tmp_path) is None  # no limit files: no cap
+    (tmp_path / "memory.max").write_text("max\n")
+    assert _cgroup_available(tmp_path) is None
+    (tmp_path / "memory.max").write_text("1000\n")
+    (tmp_path / "memory.current").write_text("700\n")
+    (tmp_path / "memory.stat").write_text("anon 500\ninactive_file 100\nactive_file 100\n")
+    assert _cgroup_available(tmp_path) == 400
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(2**63 - 4096))
+    assert _cgroup_available(v1) is None  # v1 writes a huge number for no limit
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("2000")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("2500")
+    assert _cgroup_available(v1) == 0
