@@ -30,7 +30,7 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 CHUNK_BYTES = 64 * 2**20  # copy_to and read move at most this much per call, so no second full-size buffer exists
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit; more means a damaged length field
-FINITE_CHUNK = 2**22  # elements checked for NaN/inf at a time (bounds the temporary mask to 4 MB)
+FINITE_CHUNK = 2**18  # elements checked for NaN/inf at a time: a 256 KB mask the allocator reuses, not heap growth
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
