@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors.torch import save_file
 
 from ..errors import OutputPathError
 from ..model.arch import tied_embeddings
@@ -40,7 +39,7 @@ __all__ = ["check_output_target", "atomic_output_dir", "remove_stale_partials", 
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SHARD_BYTES = 4 * 1024**3
+DEFAULT_SHARD_BYTES = 5 * 10**9  # transformers' default max_shard_size="5GB"
 _CHOOSE = "choose another output_dir"
 
 
@@ -229,27 +228,16 @@ def float_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[str]:
-    """Write safetensors shards named like transformers' (model.safetensors or model-0000i-of-0000n.safetensors)."""
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, t in tensors.items():
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t.detach().contiguous().cpu()
-        size += nbytes
-    names = (["model.safetensors"] if len(shards) == 1
-             else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    weight_map = {}
-    for shard, fname in zip(shards, names):
-        save_file(shard, str(folder / fname), metadata={"format": "pt"})
-        weight_map.update({k: fname for k in shard})
-    if len(shards) > 1:
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    return names
+    """Write safetensors shards named like transformers' (model.safetensors or model-0000i-of-0000n.safetensors).
+
+    Streamed one tensor at a time (no copy of the whole output in memory); on an error no file is left.
+    """
+    from .shards import ShardedSafetensorsWriter  # here: shards imports this module for DEFAULT_SHARD_BYTES
+
+    with ShardedSafetensorsWriter(folder, max_shard_bytes) as writer:
+        for name, t in tensors.items():
+            writer.add(name, t)
+        return writer.close()
 
 
 def save_model_files(model: torch.nn.Module, tokenizer: Any, folder: Path, config_extra: dict[str, Any],
