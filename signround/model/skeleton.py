@@ -58,7 +58,7 @@ def _persistent_buffers(model: torch.nn.Module) -> Iterator[tuple[str, torch.Ten
 
 
 def _may_be_missing(model: torch.nn.Module):
-    """A matcher for the names transformers itself accepts missing from a checkpoint (``_keys_to_ignore_on_load_missing``)."""
+    """Matches the names transformers itself accepts missing from a checkpoint (``_keys_to_ignore_on_load_missing``)."""
     patterns = list(getattr(model, "_keys_to_ignore_on_load_missing", None) or [])
     rx = re.compile("|".join(f"({p})" for p in patterns)) if patterns else None
     return lambda name: rx is not None and rx.search(name) is not None
@@ -137,7 +137,7 @@ def _scoped_groups(model: torch.nn.Module, prefix: str) -> list[list[str]]:
 
 
 def materialize(model: torch.nn.Module, prefix: str, source: WeightSource) -> None:
-    """Read every meta parameter under ``prefix`` ("" = the whole model) and the persistent buffers there from ``source``.
+    """Fill every meta parameter under ``prefix`` ("" = the whole model), and its persistent buffers, from ``source``.
 
     Stored dtypes differing from the skeleton's are cast to it. A tie gets one new Parameter set under
     all its names, including names outside ``prefix``. Parameters already real are left as they are.

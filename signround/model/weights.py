@@ -115,7 +115,7 @@ def _parse_header(path: Path) -> list[_Span]:
 
 
 def _span(path: Path, name: str, entry: object, base: int, size: int) -> _Span:
-    """One header entry checked: known dtype, integer shape, byte range of exactly the tensor's size, inside the file."""
+    """One header entry checked: known dtype, integer shape, a byte range of exactly its size, inside the file."""
     if not isinstance(entry, dict):
         raise BadInputError(f"{path}: tensor {name} has a malformed header entry {entry!r}")
     dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))
@@ -202,7 +202,8 @@ class SafetensorsSource:
     def _add(self, spans: list[_Span]) -> None:
         for s in spans:
             if s.info.name in self._spans:
-                raise BadInputError(f"{s.info.file}: tensor {s.info.name} is also in {self._spans[s.info.name].info.file} "
+                other = self._spans[s.info.name].info.file
+                raise BadInputError(f"{s.info.file}: tensor {s.info.name} is also in {other} "
                                     "(duplicate tensor across shards)")
             self._spans[s.info.name] = s
 
