@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,9 +26,9 @@ import torch
 from .config import RunConfig, resolve_run
 from .errors import BadInputError
 from .formats import Format, is_gguf, parse_formats
-from .export.registry import ExportInput, export_model
+from .export.registry import ExportInput, export_model, open_export
 from .model.arch import arch_facts, max_positions
-from .model.loading import LoadedModel, load_model
+from .model.loading import LoadedModel, open_model
 from .plan import QuantPlan, build_plan
 from .record import resolve_source
 from .request import QuantRequest
@@ -66,7 +68,7 @@ class AutoRound:
         self.request = QuantRequest.build(scheme, options)  # every check that needs no model, before loading
         self.options = self.request.options
         self.run: RunConfig = self.request.run
-        self.loaded = self._load(model, tokenizer, self.options.get("dtype"))
+        self.loaded = self._load(model, tokenizer, self.options.get("dtype"), self.options.get("show_progress"))
         self.arch = arch_facts(self.loaded.model)
         self.result: QuantizeResult | None = None
         self._plan: QuantPlan | None = None
@@ -76,13 +78,13 @@ class AutoRound:
 
     # -- set-up ---------------------------------------------------------------------------------
     @staticmethod
-    def _load(model: Any, tokenizer: Any, dtype: Any) -> LoadedModel:
+    def _load(model: Any, tokenizer: Any, dtype: Any, show_progress: bool) -> LoadedModel:
         if isinstance(model, torch.nn.Module):
             name = Path(getattr(getattr(model, "config", None), "_name_or_path", "") or "model").name or "model"
             return LoadedModel(model=model.eval(), tokenizer=tokenizer, source=name, name=name)
         if not isinstance(model, (str, Path)):
             raise TypeError(f"model must be a path, hub id or nn.Module, got {type(model).__name__}")
-        return load_model(resolve_source(str(model)), dtype=dtype)
+        return open_model(resolve_source(str(model)), dtype=dtype, show_progress=show_progress)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -148,14 +150,19 @@ class AutoRound:
 
     def quantize(self, formats: "str | Iterable[str] | None" = None,
                  work_dir: "str | Path | None" = None) -> tuple[torch.nn.Module, QuantizeResult]:
-        """Quantize the model in place; returns it (its weights now hold the dequantized codes) and the result.
+        """Quantize the model and keep it in memory; returns it (its weights hold the dequantized codes) and the result.
 
         ``work_dir``: checkpoint every finished block there and continue from the last one a killed run of the
-        same command left (``quantize_and_save`` passes the hidden sibling of the first output).
+        same command left. A model opened from disk is read block by block and ends up whole in memory; to
+        quantize a model larger than memory, use ``quantize_and_save``, which writes each block as it finishes.
         """
-        if self.result is not None:
-            return self.model, self.result
-        fmts = parse_formats(formats) if formats else self.request.default_formats()
+        if self.result is None:
+            fmts = parse_formats(formats) if formats else self.request.default_formats()
+            self._run_blocks(fmts, work_dir, keep=True)
+        return self.model, self.result
+
+    def _prepare(self, fmts: list[Format]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Resolve the run for these formats, plan it, read the calibration data (all before any block)."""
         self.run = resolve_run(self.options, fmts, max_positions(self.model))
         # Data parallel under torchrun (or an initialised process group): every rank tunes on 1/N of the rows.
         self.run = self.run.with_parallel(DataParallel.from_environment(self.run.runtime.device))
@@ -168,13 +175,25 @@ class AutoRound:
         input_ids, mask = self._calibration() if self._plan.quantized() else (None, None)
         if input_ids is not None:
             self.run = self.run.with_rows(_train_rows(input_ids.shape[0]))
+        return input_ids, mask
+
+    def _run_blocks(self, fmts: list[Format], work_dir: "str | Path | None", keep: bool,
+                    sinks: "list | None" = None, on_planned: Any = None) -> None:
+        """The block loop. ``keep``: the model stays in memory; else (a streamed model) each block is dropped
+        once ``sinks`` have its codes. ``on_planned()`` returns the sinks once the plan is known."""
+        input_ids, mask = self._prepare(fmts)
         self._work = self._open_work(work_dir, input_ids, mask)
+        sinks = on_planned() if on_planned is not None else []
         t0 = time.time()
+        spill = Path(work_dir) if work_dir is not None else None
+        weights = replace(self.loaded.weights, keep=keep)
         self.result = quantize_model(self.model, self.arch, self._plan, input_ids, mask, self.run.tuning,
-                                     start=self.run.start, runtime=self.run.runtime, work=self._work)
-        logger.info("quantized %d layers in %.1f s, peak RSS %.0f MiB", len(self.result.weights), time.time() - t0,
+                                     start=self.run.start, runtime=self.run.runtime, work=self._work,
+                                     weights=weights, sinks=sinks, spill_dir=spill)
+        if spill is not None and spill.is_dir() and not any(spill.iterdir()) and self._work is None:
+            spill.rmdir()
+        logger.info("quantized %d layers in %.1f s, peak RSS %.0f MiB", len(self.result.layers), time.time() - t0,
                     _peak_rss_mib())
-        return self.model, self.result
 
     def settings(self) -> dict[str, Any]:
         """Every resolved choice of this run (method, tuning, calibration actually used, runtime, versions)."""
@@ -184,50 +203,95 @@ class AutoRound:
             record.update(nsamples=None, seqlen=None)  # no data was read
         return record
 
+    def _export_input(self) -> ExportInput:
+        """What the writers read; settings, log and imatrix are completed once the blocks are done."""
+        assert self._plan is not None
+        return ExportInput(self.model, self.tokenizer, self._plan, {}, source=self.loaded.source,
+                           start=self.run.start, tensors=self.loaded.weights.source,
+                           max_shard_bytes=self.run.max_shard_bytes)
+
+    def _complete(self, data: ExportInput) -> None:
+        assert self.result is not None
+        # The written log holds what the run computed (losses, best iterations, weight errors), never timings
+        # or memory, so the same command on the same inputs writes the same bytes; those go to the console.
+        data.settings = self.settings()
+        data.log = {"blocks": {i: {k: v for k, v in b.items() if k not in _TIMING_KEYS}
+                               for i, b in self.result.blocks.items()},
+                    "layers": self.result.layers}
+        data.imatrix = self.result.imatrix
+
+    def _check_saved_formats(self, fmts: list[Format]) -> None:
+        done = [f for f in (self._plan.formats if self._plan else []) if is_gguf(f)]
+        if done != [f for f in fmts if is_gguf(f)]:
+            was = done[0].value if done else "non-GGUF formats"
+            raise BadInputError(f"this model was quantized for {was}; a GGUF mix fixes every tensor's type, so it "
+                                f"cannot be saved as {', '.join(f.value for f in fmts)} (quantize again)")
+
+    def _finish_work(self) -> None:
+        if self._work is not None:  # exported: the checkpoints are no longer needed
+            remove_work_dir(self._work)
+            self._work = None
+
     def save_quantized(self, output_dir: "str | Path" = "tmp_signround", format: str | None = None,
                        overwrite: bool = False) -> list[Path]:
         """Write every requested format (comma separated) from the same codes; returns the directories.
 
-        An existing output directory is refused unless it is a previous signround output and ``overwrite``.
+        Quantizes first (streaming, as ``quantize_and_save``) when ``quantize`` was not called. An existing
+        output directory is refused unless it is a previous signround output and ``overwrite``.
         Data parallel: only rank 0 writes; every rank returns the directories once they are written.
         """
+        if self.result is None:
+            return self.quantize_and_save(output_dir, format, overwrite)
         fmts = self.formats(format)
         targets = self.output_dirs(output_dir, fmts)
-        if self.result is None:
-            self.request.check_outputs(targets, overwrite)  # on every rank: nothing is written before all quantized
-            self.quantize(fmts, work_dir=work_dir_for(targets[0]))
-        else:
-            if self.run.runtime.parallel.is_main:  # rank 0 may be writing while the others get here
-                self.request.check_outputs(targets, overwrite)
-            done = [f for f in (self._plan.formats if self._plan else []) if is_gguf(f)]
-            if done != [f for f in fmts if is_gguf(f)]:
-                was = done[0].value if done else "non-GGUF formats"
-                raise BadInputError(f"this model was quantized for {was}; a GGUF mix fixes every tensor's type, so it "
-                                    f"cannot be saved as {', '.join(f.value for f in fmts)} (quantize again)")
-            self._plan_for(fmts, self.run)  # the formats may differ from the ones checked at quantize time
+        if self.run.runtime.parallel.is_main:  # rank 0 may be writing while the others get here
+            self.request.check_outputs(targets, overwrite)
+        self._check_saved_formats(fmts)
+        self._plan_for(fmts, self.run)  # the formats may differ from the ones checked at quantize time
         parallel = self.run.runtime.parallel
         if not parallel.is_main:
             parallel.barrier()  # rank 0 writes meanwhile
             return targets
-        assert self._plan is not None and self.result is not None
-        # The written log holds what the run computed (losses, best iterations, weight errors), never timings
-        # or memory, so the same command on the same inputs writes the same bytes; those go to the console.
-        log = {"blocks": {i: {k: v for k, v in b.items() if k not in _TIMING_KEYS} for i, b in self.result.blocks.items()},
-               "layers": self.result.layers}
-        data = ExportInput(self.model, self.tokenizer, self._plan, self.result.weights, self.settings(),
-                           self.loaded.source, log, imatrix=self.result.imatrix, start=self.run.start)
+        data = self._export_input()
+        data.weights = dict(self.result.weights)
+        self._complete(data)
         written = [export_model(data, fmt, target, overwrite=overwrite) for fmt, target in zip(fmts, targets)]
-        if self._work is not None:  # exported: the checkpoints are no longer needed
-            remove_work_dir(self._work)
-            self._work = None
+        self._finish_work()
         parallel.barrier()
         return written
 
     def quantize_and_save(self, output_dir: "str | Path" = "tmp_signround", format: str | None = None,
                           overwrite: bool = False) -> list[Path]:
-        """Quantize and write each format (comma separated; None: the scheme's own, see ``formats``)."""
+        """Quantize and write each format (comma separated; None: the scheme's own, see ``formats``).
+
+        Streamed: each block is read, quantized, handed to every format's writer and dropped, so neither the
+        model nor the output is ever whole in memory (``self.model`` is left without weights; use ``quantize``
+        then ``save_quantized`` to keep the quantized model in memory). The directories appear complete at the
+        end, or not at all.
+        """
+        if self.result is not None:
+            return self.save_quantized(output_dir, format, overwrite)
         fmts = self.formats(format)  # an unknown format fails before any work
         targets = self.output_dirs(output_dir, fmts)
         self.request.check_outputs(targets, overwrite)
-        self.quantize(fmts, work_dir=work_dir_for(targets[0]))
-        return self.save_quantized(output_dir, ",".join(f.value for f in fmts), overwrite)
+        with ExitStack() as stack:
+            data: ExportInput | None = None  # made once the plan is known
+            sinks: list = []
+
+            def open_sinks() -> list:
+                nonlocal data
+                if self.run.runtime.parallel.is_main:  # only rank 0 writes
+                    data = self._export_input()
+                    sinks.extend(stack.enter_context(open_export(data, fmt, target, overwrite))
+                                 for fmt, target in zip(fmts, targets))
+                return sinks
+
+            self._run_blocks(fmts, work_dir_for(targets[0]), keep=False, on_planned=open_sinks)
+            if data is not None:
+                self._complete(data)
+                for sink in sinks:
+                    sink.finish()
+        if self.run.runtime.parallel.is_main:
+            self._finish_work()
+        self.run.runtime.parallel.barrier()
+        return targets

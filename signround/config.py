@@ -19,7 +19,9 @@ import torch
 from .errors import BadInputError
 from .method import Method, Optimizer, Start, method_for
 from .options import CALIBRATION_DEFAULTS, GGUF_DEFAULT_ITERS, UserOptions
+from .export.io import DEFAULT_SHARD_BYTES
 from .recipes import recipe_values
+from .sizes import parse_size
 from .tune.driver import RuntimeOptions
 from .tune.precision import resolve_tune_dtype
 from .tune.distributed import DataParallel
@@ -72,6 +74,7 @@ class RunConfig:
     dataset: Any
     tune_dtype_reason: str
     recipe: str
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES
 
     @property
     def optimize_rtn(self) -> bool:
@@ -105,7 +108,10 @@ class RunConfig:
             "runtime": {"device": rt.device, "tune_dtype": str(rt.tune_dtype).removeprefix("torch."),
                         "tune_dtype_reason": self.tune_dtype_reason, "threads": torch.get_num_threads(),
                         "low_gpu_mem_usage": rt.low_gpu_mem_usage, "enable_torch_compile": t.enable_torch_compile,
-                        "low_precision_passes": rt.low_precision_passes, "world_size": rt.parallel.world_size},
+                        "low_precision_passes": rt.low_precision_passes, "world_size": rt.parallel.world_size,
+                        # where activations are placed never changes a result; the default depends on free RAM
+                        "max_memory": rt.max_memory if rt.max_memory is not None else "auto"},
+            "max_shard_size": self.max_shard_bytes,
             "versions": versions(),
         }
 
@@ -163,5 +169,7 @@ def resolve_run(opts: UserOptions, formats: Iterable[Any] = (), max_positions: i
     runtime = RuntimeOptions(device=device, tune_dtype=tune_dtype, low_gpu_mem_usage=opts.get("low_gpu_mem_usage"),
                              forward_batch_size=opts.get("batch_size"),
                              low_precision_passes=opts.get("low_precision_passes"),
-                             show_progress=opts.get("show_progress"))
-    return RunConfig(method, start, tuning, runtime, nsamples, seqlen, opts.get("dataset"), why, recipe)
+                             show_progress=opts.get("show_progress"),
+                             max_memory=None if opts.get("max_memory") is None else parse_size(opts.get("max_memory")))
+    return RunConfig(method, start, tuning, runtime, nsamples, seqlen, opts.get("dataset"), why, recipe,
+                     parse_size(opts.get("max_shard_size")))

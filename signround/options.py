@@ -35,6 +35,16 @@ def _positive(v: Any) -> str | None:
     return None if v > 0 else "must be positive"
 
 
+def _size(v: Any) -> str | None:
+    from .sizes import parse_size
+
+    try:
+        parse_size(v)
+    except BadInputError as e:
+        return f"is not a size: {e}"
+    return None
+
+
 def _one_of(*names: str) -> Callable[[Any], str | None]:
     return lambda v: None if v in names else f"must be one of {', '.join(names)}"
 
@@ -128,6 +138,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("tune_dtype", str, "auto", "matmul precision inside the tuning loop: auto (bfloat16 on CUDA with bf16 and "
            "on CPUs with AMX, else float32), float32, bfloat16", _R, _one_of(*_DTYPES)),
     Option("low_gpu_mem_usage", bool, False, "keep cached activations on the CPU", _R, cli="true"),
+    Option("max_memory", (str, int), None, "RAM the cached calibration activations may take (e.g. 8GB, 512MiB); "
+           "beyond it they spill to a file next to the output", _R, _size, resolved="half the available RAM",
+           metavar="SIZE"),
+    Option("max_shard_size", (str, int), "5GB", "largest safetensors file written (as transformers' max_shard_size)",
+           _R, _size, metavar="SIZE"),
     Option("enable_torch_compile", bool, False, "fuse the fake quantization with torch.compile", _R, cli="true"),
     Option("low_precision_passes", bool, False, "run the reference and chain passes in tune_dtype too (faster, "
            "slightly less exact)", _R, cli="true"),

@@ -29,7 +29,8 @@ from ..plan import QuantPlan
 from ..quant.types import QuantizedWeight
 from ..formats import Format
 from ..formats.awq_packing import pack_awq
-from .auto_round import write_packed_checkpoint
+from .auto_round import packed_layout
+from .stream import SafetensorsSink
 from .registry import ExportInput, register_writer
 
 __all__ = ["awq_layer_tensors", "awq_quantization_config"]
@@ -69,6 +70,6 @@ def awq_quantization_config(plan: QuantPlan) -> dict[str, Any]:
 
 
 @register_writer(Format.AUTO_AWQ)
-def write_auto_awq(data: ExportInput, folder: Path) -> None:
-    qconfig = awq_quantization_config(data.plan)
-    write_packed_checkpoint(data, folder, awq_layer_tensors, qconfig)
+def auto_awq_sink(data: ExportInput, folder: Path) -> SafetensorsSink:
+    qconfig = awq_quantization_config(data.plan)  # checks the plan before any layer is written
+    return SafetensorsSink(data, folder, packed_layout(awq_layer_tensors, lambda plan, settings: qconfig))

@@ -34,7 +34,8 @@ import torch
 from ..plan import QuantPlan
 from ..quant.grouping import expand_groups, to_groups
 from ..quant.types import QuantizedWeight
-from .auto_round import packed_layer_tensors, write_packed_checkpoint
+from .auto_round import packed_layer_tensors
+from .stream import SafetensorsSink, TensorLayout
 from ..formats import Format
 from .registry import ExportInput, register_writer
 
@@ -131,7 +132,8 @@ def gptq_quantization_config(plan: QuantPlan) -> dict[str, Any]:
 
 
 @register_writer(Format.AUTO_GPTQ)
-def write_auto_gptq(data: ExportInput, folder: Path) -> None:
-    qconfig = gptq_quantization_config(data.plan)  # checks the plan before any packing
-    weights = {p.name: gptq_v1_weight(data.weights[p.name], p.name) for p in data.plan.quantized()}
-    write_packed_checkpoint(data, folder, gptq_layer_tensors, qconfig, weights)
+def auto_gptq_sink(data: ExportInput, folder: Path) -> SafetensorsSink:
+    qconfig = gptq_quantization_config(data.plan)  # checks the plan before any layer is written
+    layout = TensorLayout(lambda plan, qw, dtype: gptq_layer_tensors(gptq_v1_weight(qw, plan.name)),
+                          lambda plan, settings: qconfig)
+    return SafetensorsSink(data, folder, layout)

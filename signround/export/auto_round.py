@@ -24,11 +24,11 @@ import torch
 from ..plan import QuantPlan
 from ..quant.types import QuantizedWeight
 from ..formats import Format
-from .io import float_state_dict, save_model_files, save_tensors
+from .stream import SafetensorsSink, TensorLayout
 from ..formats.packing import pack_bits
 from .registry import ExportInput, register_writer
 
-__all__ = ["packed_layer_tensors", "packed_state_dict", "write_packed_checkpoint", "auto_round_packing", "auto_round_quantization_config", "GPTQ_PACKING", "PLAIN_PACKING"]
+__all__ = ["packed_layer_tensors", "packed_layout", "auto_round_packing", "auto_round_quantization_config", "GPTQ_PACKING", "PLAIN_PACKING"]
 
 GPTQ_PACKING = "auto_round:auto_gptq"
 PLAIN_PACKING = "auto_round"
@@ -44,32 +44,10 @@ def packed_layer_tensors(qw: QuantizedWeight, zero_offset: int) -> dict[str, tor
     return {"qweight": qweight, "qzeros": qzeros, "scales": scales}
 
 
-def packed_state_dict(tensors: dict[str, torch.Tensor], weights: dict[str, QuantizedWeight],
-                      layer_tensors: Callable[[QuantizedWeight], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """``tensors`` with each quantized layer's ``.weight`` replaced by its packed tensors and its bias in fp16."""
-    out = dict(tensors)
-    for name, qw in weights.items():
-        out.pop(f"{name}.weight", None)
-        for key, t in layer_tensors(qw).items():
-            out[f"{name}.{key}"] = t
-        if f"{name}.bias" in out:
-            out[f"{name}.bias"] = out[f"{name}.bias"].to(torch.float16)
-    return out
-
-
-def write_packed_checkpoint(data: ExportInput, folder: Path, layer_tensors: Callable[[QuantizedWeight], dict[str, torch.Tensor]],
-                            quantization_config: dict[str, Any],
-                            weights: dict[str, QuantizedWeight] | None = None) -> None:
-    """Safetensors with every quantized layer packed by ``layer_tensors``, plus config.json and the tokenizer.
-
-    Float tensors keep the model's dtype; ``weights`` defaults to the codes of every layer the plan quantizes.
-    """
-    if weights is None:
-        weights = {p.name: data.weights[p.name] for p in data.plan.quantized()}
-    tensors = float_state_dict(data.model)
-    float_dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
-    save_tensors(packed_state_dict(tensors, weights, layer_tensors), folder)
-    save_model_files(data.model, data.tokenizer, folder, {"quantization_config": quantization_config}, dtype=float_dtype)
+def packed_layout(layer_tensors: Callable[[QuantizedWeight], dict[str, torch.Tensor]],
+                  quantization_config: Callable[[QuantPlan, dict[str, Any]], dict[str, Any]]) -> TensorLayout:
+    """A packed format: float tensors first (a quantized layer's bias in fp16), then each layer's packed tensors."""
+    return TensorLayout(lambda plan, qw, dtype: layer_tensors(qw), quantization_config)
 
 
 def _scheme_keys(scheme) -> dict[str, Any]:
@@ -112,7 +90,7 @@ def auto_round_packing(plan: QuantPlan) -> tuple[str, int]:
 
 
 @register_writer(Format.AUTO_ROUND)
-def write_auto_round(data: ExportInput, folder: Path) -> None:
+def auto_round_sink(data: ExportInput, folder: Path) -> SafetensorsSink:
     packing, offset = auto_round_packing(data.plan)
-    qconfig = auto_round_quantization_config(data.plan, packing, data.settings)
-    write_packed_checkpoint(data, folder, lambda qw: packed_layer_tensors(qw, offset), qconfig)
+    config = lambda plan, settings: auto_round_quantization_config(plan, packing, settings)  # noqa: E731
+    return SafetensorsSink(data, folder, packed_layout(lambda qw: packed_layer_tensors(qw, offset), config))

@@ -51,32 +51,48 @@ def _hidden_from(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
     return kwargs.pop("hidden_states"), (), kwargs
 
 
+class _StandIn(torch.nn.Module):
+    """Takes a block's place for one forward: records its arguments and passes the hidden states through."""
+
+    def __init__(self, block: torch.nn.Module, index: int, last: int, found: dict[int, "BlockArgs"]) -> None:
+        super().__init__()
+        self.index, self.last, self.found = index, last, found
+        object.__setattr__(self, "_block", block)  # not a submodule: attribute reads only (attention_type...)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_block"), name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        hidden, extra, kw = _hidden_from(args, kwargs)
+        kw.pop("use_cache", None)
+        self.found.setdefault(self.index, BlockArgs(extra, kw))
+        if self.index == self.last:
+            raise _StopForward
+        return hidden
+
+
 @torch.no_grad()
 def capture_block_args(model: torch.nn.Module, blocks: torch.nn.ModuleList, row: torch.Tensor) -> list[BlockArgs]:
-    """Run one row (1, T) through the blocks and keep every block's non-hidden arguments.
+    """Run one row (1, T) through the model and keep every block's non-hidden arguments.
 
-    The forward stops on entering the last block: the head's logits (T x vocab floats) are never made.
+    The blocks themselves never run (each is replaced by a stand-in for this one forward, then put back):
+    what a block receives besides its hidden states (rotary embeddings, masks) does not depend on the
+    blocks before it, and a streamed model's blocks are not in memory yet. Stops at the last block.
     """
     found: dict[int, BlockArgs] = {}
-
-    def hook(i: int):
-        def pre(_mod, args, kwargs):
-            _, extra, kw = _hidden_from(args, kwargs)
-            kw.pop("use_cache", None)
-            found.setdefault(i, BlockArgs(extra, kw))
-            if i == len(blocks) - 1:
-                raise _StopForward
-
-        return pre
-
-    handles = [b.register_forward_pre_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    originals = list(blocks)
     try:
+        for i in range(len(blocks)):
+            blocks[i] = _StandIn(originals[i], i, len(blocks) - 1, found)
         model(input_ids=row, use_cache=False)
     except _StopForward:
         pass
     finally:
-        for h in handles:
-            h.remove()
+        for i, b in enumerate(originals):
+            blocks[i] = b
     missing = [i for i in range(len(blocks)) if i not in found]
     if missing:
         raise RuntimeError(f"blocks {missing} were not called during the forward pass; cannot capture their inputs")

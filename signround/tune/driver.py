@@ -21,14 +21,19 @@ every rank computes the same codes.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ..calib.rowstore import MemoryBudget, RowStore, from_tensor, row_store
 from ..model.arch import ArchFacts, get_module
 from ..model.capture import capture_block_args, capture_first_block_inputs, run_block
+from ..model.streaming import ModelWeights, outside_modules
 from ..method import Start, method_for
 from ..options import option
 from ..plan import LayerPlan, QuantPlan
@@ -38,6 +43,9 @@ from .distributed import SINGLE_PROCESS, DataParallel
 from .imatrix import ImatrixCollector
 from .layer import LayerQuantizer, make_layer_state
 from .resume import BlockPart, Progress, WorkDir, load_progress, save_block
+
+if TYPE_CHECKING:
+    from ..export.registry import ExportSink
 from .signround import BlockReport, SignRoundConfig, autocast_context as _autocast, tune_block
 
 __all__ = ["RuntimeOptions", "QuantizeResult", "quantize_model", "write_weight"]
@@ -56,6 +64,7 @@ class RuntimeOptions:
     low_precision_passes: bool = False  # run the reference and chain passes in tune_dtype too
     show_progress: bool = True
     parallel: DataParallel = SINGLE_PROCESS  # data-parallel ranks: each holds 1/N of the calibration rows
+    max_memory: int | None = None  # bytes of RAM for cached activations (None: half the available RAM)
 
     @property
     def cache_device(self) -> str:
@@ -96,12 +105,36 @@ def _quantize_states(states: list[LayerQuantizer], modules: dict[str, torch.nn.M
         write_weight(module, s.plan, qw)
 
 
-def _rtn_without_data(model: torch.nn.Module, plan: QuantPlan, result: QuantizeResult, show: bool) -> None:
-    layers = plan.quantized()
-    for p in tqdm(layers, desc="RTN", unit="layer", disable=not show):
-        module = model.get_submodule(p.name)
-        state = make_layer_state(p, p.name, module.weight, optimize=False)
-        _quantize_states([state], {p.name: module}, result)
+@dataclass
+class _Output:
+    """Where finished layers go: the sinks writing the output, and whether their codes stay in the result."""
+
+    sinks: Sequence["ExportSink"] = ()
+    keep_codes: bool = True
+
+    def hand_over(self, names: list[str], result: QuantizeResult) -> None:
+        done = {n: result.weights[n] for n in names if n in result.weights}
+        for sink in self.sinks:
+            sink.add(done)
+        if not self.keep_codes:
+            for n in done:
+                del result.weights[n]
+
+
+def _rtn_without_data(model: torch.nn.Module, plan: QuantPlan, result: QuantizeResult, weights: ModelWeights,
+                      output: _Output, show: bool) -> None:
+    """Plain RTN: each block's tensors are read, rounded, handed to the writers and dropped; no forward pass."""
+    groups = [(f"{plan.blocks_prefix}.{i}", plan.block_layers(i)) for i in range(plan.n_blocks)]
+    groups += [(p.name, [p]) for p in plan.outside_layers()]
+    for prefix, layers in tqdm(groups, desc="RTN", unit="block", disable=not show):
+        if not layers:
+            continue
+        weights.load(model, prefix)
+        for p in layers:
+            module = model.get_submodule(p.name)
+            _quantize_states([make_layer_state(p, p.name, module.weight, optimize=False)], {p.name: module}, result)
+        output.hand_over([p.name for p in layers], result)
+        weights.drop(model, prefix)
 
 
 class _Phases:
@@ -128,13 +161,16 @@ def _split_rows(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _forward_rows(block, hidden, out, block_args, rows_per_batch, device, imatrix=None, mask=None,
                   autocast_dtype=None) -> None:
-    """out[rows] = block(hidden[rows]) for every row, batch by batch (out may be hidden itself)."""
+    """out[rows] = block(hidden[rows]) for every row, batch by batch (out may be hidden itself).
+
+    The block runs in float32 whatever dtype the rows are cached in (``RowStore``s cast on write).
+    """
     for start in range(0, hidden.shape[0], rows_per_batch):
         sl = slice(start, start + rows_per_batch)
         if imatrix is not None:
             imatrix.mask = None if mask is None else mask[sl]
         with _autocast(device, autocast_dtype):
-            y = run_block(block, hidden[sl].to(device), block_args)
+            y = run_block(block, hidden[sl].to(device=device, dtype=torch.float32), block_args)
         out[sl] = y.to(out.device, out.dtype)
 
 
@@ -142,12 +178,18 @@ def _forward_rows(block, hidden, out, block_args, rows_per_batch, device, imatri
 class _Chain:
     """The cached activations between blocks: float targets, the quantized chain, the tuning row split."""
 
-    fp: torch.Tensor  # float inputs of the current block (float outputs after its reference pass)
-    q: torch.Tensor | None  # the quantized chain's inputs, when tuning runs on them
+    fp: RowStore  # float inputs of the current block (float outputs after its reference pass)
+    q: RowStore | None  # the quantized chain's inputs, when tuning runs on them
     mask: torch.Tensor | None
     train_idx: torch.Tensor  # global row indices (over all ranks); fp/q/mask hold this rank's shard
     val_idx: torch.Tensor
     n_rows: int  # rows over all ranks
+    budget: MemoryBudget  # RAM the cached rows may take; beyond it they spill to disk
+
+    def close(self) -> None:
+        for store in (self.fp, self.q):
+            if store is not None:
+                store.close()
 
 
 def quantize_model(
@@ -160,31 +202,53 @@ def quantize_model(
     start: Start = Start.SEARCH,
     runtime: RuntimeOptions = RuntimeOptions(),
     work: WorkDir | None = None,
+    weights: ModelWeights | None = None,
+    sinks: Sequence["ExportSink"] = (),
+    spill_dir: "str | Path | None" = None,
 ) -> QuantizeResult:
-    """Quantize every planned layer of ``model`` in place; return the codes and a per-block report.
+    """Quantize every planned layer of ``model``; return the codes and a per-block report.
 
     The method is ``method_for(signround.iters, start)``: SignRound when iters > 0, else optimised RTN
     (``Start.SEARCH``) or plain RTN (``Start.MINMAX``, which needs no data).
 
+    ``weights`` (default: the model is in memory and stays so): a streamed model's blocks are read one at a
+    time and, unless ``weights.keep``, dropped once quantized; then ``sinks`` (export writers) receive every
+    layer's codes as its block finishes and the result keeps no codes, so neither the model nor the output is
+    ever whole in memory. With ``keep`` the model ends up in memory holding its dequantized codes.
+    Cached activations take at most ``runtime.max_memory`` bytes of RAM (default: half the available RAM);
+    beyond that they spill to files in ``spill_dir`` (default: the system's temporary directory).
+
     ``work`` (``tune/resume.py``, opened for this very run): every finished block is checkpointed there,
-    and the blocks it already holds are restored into the model from their codes instead of being run
-    again; the loop continues from the next one with the saved inputs (single process only).
+    and the blocks it already holds are restored from their codes instead of being run again; the loop
+    continues from the next one with the saved inputs (single process only).
     """
     t0 = time.time()
     result = QuantizeResult()
+    weights = weights or ModelWeights.in_memory(model)
+    output = _Output(sinks, keep_codes=weights.keep or not weights.streamed)
     method, _ = method_for(signround.iters, start is Start.MINMAX)
     if not plan.quantized():
         logger.warning("the plan quantizes no layer; nothing to do")
-        return result
-    if not method.needs_data:
-        _rtn_without_data(model, plan, result, runtime.show_progress)
-        result.seconds = time.time() - t0
-        return result
-    if input_ids is None:
-        raise ValueError(f"{method.label} needs calibration data (input_ids)")
+    elif not method.needs_data:
+        _rtn_without_data(model, plan, result, weights, output, runtime.show_progress)
+    else:
+        if input_ids is None:
+            raise ValueError(f"{method.label} needs calibration data (input_ids)")
+        limit = runtime.max_memory
+        budget = (MemoryBudget.default(spill_dir or tempfile.gettempdir()) if limit is None
+                  else MemoryBudget(limit, Path(spill_dir or tempfile.gettempdir())))
+        _block_loop(model, arch, plan, input_ids, attention_mask, signround, start, runtime, work, weights, output,
+                    budget, result)
+    if weights.keep:
+        weights.load(model, "")  # whatever was never read (a float lm_head): the quantized model is whole
+    result.seconds = time.time() - t0
+    return result
 
-    # Cached activations are float32; the reference and chain passes run in float32 unless
-    # runtime.low_precision_passes (then in tune_dtype, like the tuning loop).
+
+def _block_loop(model, arch, plan, input_ids, attention_mask, signround, start, runtime, work, weights, output,
+                budget, result) -> None:
+    """Capture the first block's inputs, then quantize block after block, then the layers outside the blocks."""
+    method, _ = method_for(signround.iters, start is Start.MINMAX)
     # Data parallel: the rows are the same on every rank; each keeps its shard from here on.
     dp, n_rows = runtime.parallel, input_ids.shape[0]
     dp.check_identical(input_ids, "calibration rows")
@@ -195,34 +259,57 @@ def quantize_model(
     if work is not None and dp.active:
         raise ValueError("block checkpoints (work) are not supported under data parallel: each rank holds a shard")
     blocks = get_module(model, arch.blocks)
-    block_args = capture_block_args(model, blocks, input_ids[:1])  # on the float model, before any restore
+    front = outside_modules(model, plan.blocks_prefix, skip=(plan.lm_head,) if plan.lm_head else ())
+    weights.load(model, front)  # embeddings (and what else runs before the first block)
+    block_args = capture_block_args(model, blocks, input_ids[:1])
     progress = load_progress(work) if work is not None else Progress(0)
+    cache_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     if progress.next_block:
-        fp = progress.fp.to(runtime.cache_device)
-        q = None if progress.q is None else progress.q.to(runtime.cache_device)
-        _restore_blocks(model, plan, progress, result)
+        fp = from_tensor(progress.fp.to(cache_dtype), budget, "float inputs", device=runtime.cache_device)
+        q = None if progress.q is None else from_tensor(progress.q.to(cache_dtype), budget, "quantized inputs",
+                                                        device=runtime.cache_device)
+        _restore_blocks(model, plan, progress, result, weights, output)
         logger.warning("resuming from block %d of %d: %d finished block(s) restored from their codes in %s",
                        progress.next_block + 1, plan.n_blocks, progress.next_block, work.path)
     else:
-        fp = capture_first_block_inputs(model, blocks[0], dp.shard(input_ids), runtime.forward_batch_size,
-                                        torch.float32, runtime.cache_device)
-        q = fp.clone() if method.tunes and signround.enable_quanted_input else None
+        fp = _capture_inputs(model, blocks[0], dp.shard(input_ids), runtime, cache_dtype, budget)
+        q = fp.clone("quantized inputs") if method.tunes and signround.enable_quanted_input else None
+    weights.drop(model, front)
     mask = None if attention_mask is None or bool(attention_mask.all()) else \
         dp.shard(attention_mask.bool()).to(runtime.cache_device)
-    chain = _Chain(fp, q, mask, *_split_rows(n_rows, signround.seed), n_rows)
-    bar = tqdm(range(progress.next_block, plan.n_blocks), desc=method.label, unit="block",
-               disable=not runtime.show_progress or not dp.is_main)
-    for i in bar:
-        info = _quantize_block(i, blocks[i], block_args[i], plan, chain, method, start, signround, runtime, result)
-        if "loss_before" in info:
-            bar.set_postfix_str(f"loss {info['loss_before']:.3g}->{info['loss_after']:.3g} (best it {info['best_iter']})")
-        result.blocks[i] = info
-        if work is not None:
-            save_block(work, i, _block_part(plan, i, result), chain.fp, chain.q)
-    _quantize_outside(model, arch, plan, chain.q if chain.q is not None else chain.fp, mask, start.searches, runtime,
-                      result)
-    result.seconds = time.time() - t0
-    return result
+    chain = _Chain(fp, q, mask, *_split_rows(n_rows, signround.seed), n_rows, budget)
+    try:
+        bar = tqdm(range(progress.next_block, plan.n_blocks), desc=method.label, unit="block",
+                   disable=not runtime.show_progress or not dp.is_main)
+        for i in bar:
+            prefix = f"{plan.blocks_prefix}.{i}"
+            weights.load(model, prefix)
+            info = _quantize_block(i, blocks[i], block_args[i], plan, chain, method, start, signround, runtime, result)
+            if "loss_before" in info:
+                bar.set_postfix_str(f"loss {info['loss_before']:.3g}->{info['loss_after']:.3g} "
+                                    f"(best it {info['best_iter']})")
+            result.blocks[i] = info
+            if work is not None:
+                save_block(work, i, _block_part(plan, i, result), chain.fp.tensor(),
+                           None if chain.q is None else chain.q.tensor())
+            output.hand_over([p.name for p in plan.block_layers(i)], result)
+            weights.drop(model, prefix)
+        _quantize_outside(model, arch, plan, chain.q if chain.q is not None else chain.fp, mask, start.searches,
+                          runtime, result, weights, output)
+    finally:
+        chain.close()
+
+
+def _capture_inputs(model, first_block, input_ids, runtime, dtype, budget) -> RowStore:
+    """The hidden states entering the first block, batch by batch into a store in the model's dtype."""
+    rows, step = input_ids.shape[0], runtime.forward_batch_size
+    store = None
+    for s in range(0, rows, step):
+        x = capture_first_block_inputs(model, first_block, input_ids[s:s + step], step, dtype, runtime.cache_device)
+        if store is None:
+            store = row_store((rows, *x.shape[1:]), dtype, budget, "float inputs", device=runtime.cache_device)
+        store[s:s + x.shape[0]] = x
+    return store
 
 
 def _block_part(plan: QuantPlan, i: int, result: QuantizeResult) -> BlockPart:
@@ -232,19 +319,23 @@ def _block_part(plan: QuantPlan, i: int, result: QuantizeResult) -> BlockPart:
                      info=result.blocks[i], imatrix={n: result.imatrix[n] for n in names if n in result.imatrix})
 
 
-def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress, result: QuantizeResult) -> None:
-    """Put the finished blocks' codes back into the model (``write_weight``) and their parts into ``result``."""
+def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress, result: QuantizeResult,
+                    weights: ModelWeights, output: _Output) -> None:
+    """The finished blocks' parts into ``result`` and the writers; their codes into the model when it is kept."""
     for i, part in enumerate(progress.blocks):
         expected = {p.name for p in plan.block_layers(i)}
         if set(part.weights) != expected:
             raise ValueError(f"checkpoint of block {i} holds layers {sorted(part.weights)}, the plan "
                              f"{sorted(expected)}")
-        for name, qw in part.weights.items():
-            write_weight(model.get_submodule(name), plan.layers[name], qw)
+        if weights.keep or not weights.streamed:
+            weights.load(model, f"{plan.blocks_prefix}.{i}")
+            for name, qw in part.weights.items():
+                write_weight(model.get_submodule(name), plan.layers[name], qw)
         result.weights.update(part.weights)
         result.layers.update(part.layers)
         result.imatrix.update(part.imatrix)
         result.blocks[i] = part.info
+        output.hand_over(list(part.weights), result)
 
 
 def _quantize_block(i, block, block_args, plan, chain, method, start, signround, runtime, result) -> dict:
@@ -263,7 +354,7 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     modules = {p.name[len(prefix):]: block.get_submodule(p.name[len(prefix):]) for p in layer_plans}
 
     collector = ImatrixCollector()
-    targets = chain.fp if not tuning or signround.enable_quanted_input else torch.empty_like(chain.fp)
+    targets = chain.fp if not tuning or signround.enable_quanted_input else chain.fp.empty_like("float targets")
     inputs_for_tuning = chain.q if signround.enable_quanted_input else chain.fp
     phases = _Phases()
     with torch.no_grad(), collector.watch(modules if optimize else {}):
@@ -288,7 +379,9 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
         with torch.no_grad():
             _forward_rows(block, chain.q, chain.q, args_i, rows, device, autocast_dtype=pass_autocast)
     phases.mark("chain")
-    chain.fp = targets
+    if targets is not chain.fp:
+        chain.fp.close()
+        chain.fp = targets
     block.to(device=orig_device, dtype=orig_dtype)
     info = {"layers": len(states), "seconds": round(time.time() - tb, 3), "phase_seconds": phases.seconds}
     if report is not None:
@@ -300,13 +393,14 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
 
 
 @torch.no_grad()
-def _quantize_outside(model, arch, plan, hidden, mask, optimize, runtime, result) -> None:
+def _quantize_outside(model, arch, plan, hidden, mask, optimize, runtime, result, weights, output) -> None:
     """Layers outside the blocks (lm_head when asked): opt-RTN on the final hidden states' importance.
 
     The lm_head's importance is collected whenever optimising (a cheap pass through the final norm),
     also when it is not planned: a GGUF file quantizes it (or the tied embedding) itself.
     """
     if optimize and arch.final_norm and plan.lm_head:
+        weights.load(model, arch.final_norm)
         norm = get_module(model, arch.final_norm)
         collector = ImatrixCollector()
         ref = next(norm.parameters())
@@ -317,8 +411,12 @@ def _quantize_outside(model, arch, plan, hidden, mask, optimize, runtime, result
         runtime.parallel.reduce_imatrix(collector.sums, collector.counts, [plan.lm_head])
         if (head := collector.result(plan.lm_head)) is not None:
             result.imatrix[plan.lm_head] = head
+        weights.drop(model, arch.final_norm)
     for p in plan.outside_layers():
+        weights.load(model, p.name)
         module = model.get_submodule(p.name)
         imatrix = result.imatrix.get(p.name) if p.name == plan.lm_head else None
         state = make_layer_state(p, p.name, module.weight, imatrix, optimize=optimize)
         _quantize_states([state], {p.name: module}, result)
+        output.hand_over([p.name], result)
+        weights.drop(model, p.name)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +27,9 @@ from ..options import option
 from ..model.capture import BlockArgs, run_block
 from .distributed import SINGLE_PROCESS, DataParallel
 from .layer import LayerQuantizer
+
+if TYPE_CHECKING:
+    from ..calib.rowstore import RowStore
 
 __all__ = ["SignRoundConfig", "BlockReport", "tune_block", "masked_mse", "IndexSampler", "autocast_context"]
 
@@ -140,11 +144,11 @@ def _eval_sums(block, states, inputs, targets, block_args, mask, idx, batch_size
         weights = _overrides(states)
         for start in range(0, len(idx), batch_size):
             rows = idx[start:start + batch_size]
-            x = inputs[rows].to(device)
+            x = inputs[rows].to(device=device, dtype=torch.float32)
             out = run_block(block, x, block_args, weights)
             m = None if mask is None else mask[rows].to(device)
             n = len(rows) if m is None else float(m.sum())
-            total += float(masked_mse(out, targets[rows].to(device), m)) * n
+            total += float(masked_mse(out, targets[rows].to(device=device, dtype=torch.float32), m)) * n
             count += n
     return total, count
 
@@ -189,8 +193,8 @@ def _optimizer_step(cfg: SignRoundConfig, rounding: list[torch.Tensor], ranges: 
 def tune_block(
     block: torch.nn.Module,
     states: list[LayerQuantizer],
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    inputs: "torch.Tensor | RowStore",
+    targets: "torch.Tensor | RowStore",
     block_args: BlockArgs,
     mask: torch.Tensor | None,
     train_idx: torch.Tensor,
@@ -204,7 +208,8 @@ def tune_block(
 ) -> BlockReport:
     """Tune the states of one block in place and leave them at the best held-out parameters.
 
-    inputs/targets: (N, T, H) cached rows (any device; moved per batch), mask: (N, T) bool or None.
+    inputs/targets: (N, T, H) cached rows (tensors or ``RowStore``s in any dtype, read per batch and run in
+    float32), mask: (N, T) bool or None.
     ``autocast_dtype`` (e.g. bfloat16) runs the block's matmuls in lower precision; the tunables, the
     fake quantization and the loss stay float32.
 
@@ -242,11 +247,11 @@ def tune_block(
         for rows, share in zip(batches, shares):
             if len(rows) == 0:
                 continue
-            x = inputs[rows].to(device)
+            x = inputs[rows].to(device=device, dtype=torch.float32)
             m = None if mask is None else mask[rows].to(device)
             with autocast_context(device, autocast_dtype):
                 out = run_block(block, x, block_args, _overrides(states))
-            loss = masked_mse(out, targets[rows].to(device), m)
+            loss = masked_mse(out, targets[rows].to(device=device, dtype=torch.float32), m)
             (loss * share if parallel.active else loss).backward()
         parallel.all_reduce_grads(rounding + ranges)
         step(1.0 - it / cfg.iters)

@@ -12,6 +12,7 @@ Output: ``<folder>/<model>-<MIX>.gguf``, one file, written to a temporary name a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
@@ -92,10 +93,25 @@ def write_gguf_checkpoint(data: ExportInput, folder: Path, mix: str) -> Path:
     name = _model_name(data)
     return write_gguf(
         model, data.tokenizer, folder / gguf_file_name(name, mix), tensor_types, quantized,
-        file_type=int(spec.file_type), imatrix=imatrix, start=data.start, name=name,
+        file_type=int(spec.file_type), imatrix=imatrix, start=data.start, name=name, read=data.tensors.read,
     )
+
+
+class GGUFSink:
+    """A GGUF file is written whole at ``finish``: the layers' codes are kept until then (not streamed out),
+    the float tensors are read from the model's source one at a time."""
+
+    def __init__(self, data: ExportInput, folder: Path, mix: str) -> None:
+        self.data, self.folder, self.mix = data, folder, mix
+        self.weights: dict = {}
+
+    def add(self, weights) -> None:
+        self.weights.update(weights)
+
+    def finish(self) -> None:
+        write_gguf_checkpoint(dataclasses.replace(self.data, weights=self.weights), self.folder, self.mix)
 
 
 for _fmt in Format:
     if is_gguf(_fmt):
-        register_writer(_fmt)(functools.partial(write_gguf_checkpoint, mix=gguf_mix(_fmt)))
+        register_writer(_fmt)(functools.partial(GGUFSink, mix=gguf_mix(_fmt)))

@@ -21,7 +21,7 @@ import os
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import gguf
 import numpy as np
@@ -65,8 +65,10 @@ class GGUFModelWriter:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, tensor_types: Mapping[str, GGMLType | str],
                  file_type: int, quantized: Mapping[str, GGUFQuantized] | None = None,
                  imatrix: Mapping[str, torch.Tensor] | None = None, start: Start = Start.SEARCH,
-                 tokenizer_pre: str | None = None, name: str | None = None):
+                 tokenizer_pre: str | None = None, name: str | None = None,
+                 read: Callable[[str], torch.Tensor] | None = None):
         self.model, self.tokenizer = model, tokenizer
+        self.read = read  # reads a tensor the model holds on the meta device (a streamed skeleton)
         self.spec = arch_spec(model)
         self.tensor_types = {k: parse_type(v) for k, v in tensor_types.items()}
         self.file_type = int(file_type)
@@ -115,8 +117,18 @@ class GGUFModelWriter:
         self.state = WriterState.CHECKED
         return self
 
+    def _tensor(self, src: TensorSource) -> torch.Tensor:
+        if not src.tensor.is_meta:
+            return src.tensor
+        if self.read is None:
+            raise ValueError(f"{src.hf_name} is not in memory and no reader was given")
+        return self.read(src.hf_name)
+
     def _encode(self, src: TensorSource, qtype: GGMLType) -> np.ndarray:
-        t = src.tensor.float()
+        if src.tensor.dim() >= 2 and src.hf_name in self.quantized:
+            t = src.tensor  # never read: the codes are given
+        else:
+            t = self._tensor(src).float()
         if src.add:
             t = t + src.add
         if t.dim() < 2:
@@ -191,6 +203,7 @@ def write_gguf(
     start: Start = Start.SEARCH,
     tokenizer_pre: str | None = None,
     name: str | None = None,
+    read: Callable[[str], torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` with ``tensor_types[gguf_name]`` for every 2-D tensor (1-D ones stay F32).
 
@@ -198,6 +211,8 @@ def write_gguf(
     quantized tensors in HF row order; ``imatrix`` maps HF Linear module names to (in_features,)
     importances for the tensors quantized here; ``start`` chooses their search (``search_mode``: IMATRIX
     where an imatrix is given, else REF; RTN for ``Start.MINMAX``). ``file_type`` is the ``gguf.LlamaFileType`` value.
+    ``read``: reads the float tensors of a model streamed from disk (its parameters on the meta device).
     """
-    writer = GGUFModelWriter(model, tokenizer, tensor_types, file_type, quantized, imatrix, start, tokenizer_pre, name)
+    writer = GGUFModelWriter(model, tokenizer, tensor_types, file_type, quantized, imatrix, start, tokenizer_pre, name,
+                             read)
     return writer.check().encode().write(path)
