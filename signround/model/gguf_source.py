@@ -63,7 +63,9 @@ class GGUFSource:
     """The HF-named float32 tensors of one ``.gguf`` file, each dequantized only when read.
 
     ``model``: a skeleton of the model (parameters may be on the meta device) to name and shape the
-    tensors; without one, a meta skeleton is built from ``gguf_config(path)``. Only the names are kept.
+    tensors; without one, a meta skeleton is built from ``gguf_config(path)``. Only names and shapes are kept.
+    Opening parses the file's metadata twice with a skeleton (gguf-py's reader for the tensor table,
+    transformers' for the config its fix-ups read), three times without: seconds, not per tensor.
     """
 
     def __init__(self, path: Path, model: torch.nn.Module | None = None):
