@@ -96,6 +96,7 @@ class GGUFSource:
                 self._tensors[hf] = t
         self._aliases = _tied_aliases(params, self._tensors)
         self._check_complete(model)
+        self._check_sizes()
 
     def names(self) -> list[str]:
         """HF parameter names the file holds, in file order. A tied copy (``lm_head.weight`` of a model whose
@@ -158,6 +159,16 @@ class GGUFSource:
                 + (f" ... ({len(missing)} in all)" if len(missing) > 6 else "")
                 + f" (truncated file, a model of another shape, or a {self.architecture} layout that is not one "
                 "tensor per parameter, as in mixture-of-experts files)")
+
+
+    def _check_sizes(self) -> None:
+        """Each tensor holds as many values as its parameter, checked before any is read: from_pretrained refuses
+        a mismatch (a config transformers rebuilt wrong from the metadata, or a skeleton of another model)."""
+        for hf, t in self._tensors.items():
+            if int(t.n_elements) != math.prod(self._shapes[hf]):
+                raise BadInputError(
+                    f"{self.path}: tensor {t.name} has shape {tuple(reversed(t.shape.tolist()))}; the model's {hf} "
+                    f"is {self._shapes[hf]}")
 
 
 def _check_is_file(path: Path) -> None:

@@ -40,14 +40,15 @@ def smol_reference():
 
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
-    """Tiny GGUFs written by our exporter: qwen2 (tied embeddings, q/k/v biases, Q5_1) and gemma3 (norms stored
-    as w+1, k-quants)."""
+    """Tiny GGUFs written by our exporter: qwen2 (tied embeddings, q/k/v biases, Q5_1), gemma3 (norms stored
+    as w+1, k-quants), qwen3 (head_dim 96: transformers rebuilds its config wrong) and mistral (stored as llama,
+    q/k rows permuted)."""
     from signround.export.gguf.export import export_gguf
 
     folder = tmp_path_factory.mktemp("gguf")
     tok = tiny_tokenizer()
     return {arch: export_gguf(tiny_arch_model(arch), tok, folder / f"{arch}.gguf", mix)
-            for arch, mix in [("qwen2", "q5_1"), ("gemma3_text", "q4_k_m")]}
+            for arch, mix in [("qwen2", "q5_1"), ("gemma3_text", "q4_k_m"), ("qwen3", "q8_0"), ("mistral", "q4_0")]}
 
 
 def test_smollm2_every_tensor_is_bitwise_the_transformers_one(smol, smol_reference):
@@ -96,7 +97,7 @@ def test_copy_to_writes_the_raw_float32_bytes(smol):
     assert out.getvalue() == source.read(name).numpy().tobytes()
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3_text", "mistral"])
 def test_other_architectures_match_from_pretrained_bitwise(tiny_files, arch):
     from transformers import AutoModelForCausalLM
 
@@ -112,6 +113,15 @@ def test_other_architectures_match_from_pretrained_bitwise(tiny_files, arch):
     del want["quantization_config"], want["dtype"]  # what from_pretrained records: the weights' origin, the dtype
     del config["dtype"]
     assert config == want
+
+
+def test_a_file_transformers_cannot_load_is_refused_when_opened(tiny_files):
+    """transformers' GGUF config leaves qwen3's head_dim at its default (128, not the file's 96), so from_pretrained
+    fails with a size mismatch on this file."""
+    path = tiny_files["qwen3"]
+    with pytest.raises(BadInputError, match=rf"{path}: tensor blk\.0\.attn_q\.weight has shape \(384, 256\); "
+                                            r"the model's model\.layers\.0\.self_attn\.q_proj\.weight is \(512, 256\)"):
+        GGUFSource(path)
 
 
 def test_truncated_file_names_the_file(tiny_files, tmp_path):
