@@ -10,7 +10,8 @@ per-architecture fix-ups (``TENSOR_PROCESSORS``: llama.cpp's q/k row permutation
 ``norm + 1`` undone, ...) and the config those fix-ups read (``load_gguf_checkpoint``). That is the path
 ``from_pretrained`` takes for llama, mistral, qwen2, qwen3 and gemma3 files, so ``read`` is bitwise what it
 loads in float32. Architectures whose experts are split or merged across tensors (the MoE ones) cannot be
-read one tensor at a time; their expert parameters come out missing, which ``__init__`` reports.
+read one tensor at a time; their expert parameters come out missing, which ``__init__`` reports. The few
+architectures transformers loads through its newer path (``integrations.gguf``: qwen35, lfm2) are refused.
 """
 
 from __future__ import annotations
@@ -71,10 +72,14 @@ class GGUFSource:
     def __init__(self, path: Path, model: torch.nn.Module | None = None):
         from transformers.modeling_gguf_pytorch_utils import (
             TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map, load_gguf_checkpoint)
+        from transformers.integrations.gguf.utils import is_gguf_arch_supported
 
         self.path = Path(path)
         self._reader = _open_reader(self.path)
         self.architecture = _architecture(self._reader, self.path)
+        if is_gguf_arch_supported(self.architecture):  # from_pretrained takes its newer path, not the legacy one
+            raise BadInputError(f"{self.path}: {self.architecture} files load through transformers' newer GGUF path, "
+                                "which GGUFSource does not follow; load this model whole")
         try:  # the config dict the legacy loader hands its tensor processor (not the PretrainedConfig)
             processor_config = load_gguf_checkpoint(str(self.path), return_tensors=False)["config"]
         except _PARSE_ERRORS as e:
