@@ -51,7 +51,7 @@ def guards(monkeypatch):
 
     def arm(stage: str) -> None:
         if stage == "load":
-            monkeypatch.setattr(signround.api, "load_model", fail("model loading"))
+            monkeypatch.setattr(signround.api, "open_model", fail("model loading"))
 
     return arm
 

@@ -28,7 +28,7 @@ from .stream import SafetensorsSink, TensorLayout
 from ..formats.packing import pack_bits
 from .registry import ExportInput, register_writer
 
-__all__ = ["packed_layer_tensors", "packed_layout", "auto_round_packing", "auto_round_quantization_config", "GPTQ_PACKING", "PLAIN_PACKING"]
+__all__ = ["packed_layer_tensors", "packed_layout", "packed_state_dict", "auto_round_packing", "auto_round_quantization_config", "GPTQ_PACKING", "PLAIN_PACKING"]
 
 GPTQ_PACKING = "auto_round:auto_gptq"
 PLAIN_PACKING = "auto_round"
@@ -42,6 +42,23 @@ def packed_layer_tensors(qw: QuantizedWeight, zero_offset: int) -> dict[str, tor
     qzeros = pack_bits(zeros, qw.bits, dim=1)  # (G, N*bits/32)
     scales = qw.scale.t().contiguous().to(torch.float16)  # (G, N)
     return {"qweight": qweight, "qzeros": qzeros, "scales": scales}
+
+
+def packed_state_dict(tensors: dict[str, torch.Tensor], weights: dict[str, QuantizedWeight],
+                      layer_tensors: Callable[[QuantizedWeight], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``tensors`` with each quantized layer's ``.weight`` replaced by its packed tensors and its bias in fp16.
+
+    The in-memory form of ``packed_layout`` (same order: float tensors, then each layer's packed tensors),
+    for ``convert``, whose inputs are already whole checkpoints.
+    """
+    out = dict(tensors)
+    for name, qw in weights.items():
+        out.pop(f"{name}.weight", None)
+        for key, t in layer_tensors(qw).items():
+            out[f"{name}.{key}"] = t
+        if f"{name}.bias" in out:
+            out[f"{name}.bias"] = out[f"{name}.bias"].to(torch.float16)
+    return out
 
 
 def packed_layout(layer_tensors: Callable[[QuantizedWeight], dict[str, torch.Tensor]],

@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 import struct
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import torch
+
+from .weights import TensorInfo
 
 from ..errors import BadInputError
 
@@ -32,20 +33,6 @@ __all__ = ["GGUFSource", "TensorInfo", "gguf_config"]
 
 # What a damaged or unsupported file makes gguf-py / transformers raise while parsing it.
 _PARSE_ERRORS = (ValueError, OSError, KeyError, IndexError, TypeError, struct.error, NotImplementedError)
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor as the model sees it: its HF name and shape, the dtype ``read`` returns, the file."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    file: Path
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def gguf_config(path: Path):
@@ -109,7 +96,7 @@ class GGUFSource:
         return list(self._tensors)
 
     def info(self, name: str) -> TensorInfo:
-        return TensorInfo(name, self._shapes[self._source_of(name)], torch.float32, self.path)
+        return TensorInfo(name, self._shapes[self._source_of(name)], torch.float32, str(self.path))
 
     def read(self, name: str) -> torch.Tensor:
         """``name`` as a float32 CPU tensor: dequantized, fixed up by transformers' processor, checked finite."""

@@ -186,24 +186,38 @@ def open_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
     path = Path(source)
     from ..inference.checkpoint import has_safetensors, read_config
 
-    if path.suffix == ".gguf" or not path.is_dir() or not (path / "config.json").is_file() or not has_safetensors(path):
-        return load_model(source, dtype, trust_remote_code, with_tokenizer)
+    is_gguf = path.suffix == ".gguf" and path.is_file()
+    if not is_gguf and not (path.is_dir() and (path / "config.json").is_file() and has_safetensors(path)):
+        return load_model(source, dtype, trust_remote_code, with_tokenizer)  # hub ids, .bin checkpoints: whole
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
+    from .gguf_source import GGUFSource, gguf_config
     from .skeleton import build_skeleton, check_source_covers
     from .weights import SafetensorsSource
 
-    read_config(path)  # a clear error for an invalid config.json
-    weights = SafetensorsSource(path)  # headers checked: truncated files fail here
+    torch_dtype = resolve_dtype(dtype)
     try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        torch_dtype = resolve_dtype(dtype)
-        if torch_dtype == "auto":
-            torch_dtype = _stored_dtype(config, weights)
-        model = build_skeleton(config, torch_dtype, trust_remote_code)
-        if (path / "generation_config.json").is_file():
-            model.generation_config = GenerationConfig.from_pretrained(str(path))
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code) if with_tokenizer else None
+        if is_gguf:
+            config = gguf_config(path)
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config  # dequantized on read: a plain float model
+            torch_dtype = torch.float32 if torch_dtype == "auto" else torch_dtype  # GGUF tensors read as float32
+            model = build_skeleton(config, torch_dtype, trust_remote_code)
+            weights = GGUFSource(path, model)
+            tok_kwargs = {"gguf_file": path.name}
+            folder = path.parent
+        else:
+            read_config(path)  # a clear error for an invalid config.json
+            weights = SafetensorsSource(path)  # headers checked: truncated files fail here
+            config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+            if torch_dtype == "auto":
+                torch_dtype = _stored_dtype(config, weights)
+            model = build_skeleton(config, torch_dtype, trust_remote_code)
+            if (path / "generation_config.json").is_file():
+                model.generation_config = GenerationConfig.from_pretrained(str(path))
+            tok_kwargs, folder = {}, path
+        tokenizer = (AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code, **tok_kwargs)
+                     if with_tokenizer else None)
     except (OSError, ValueError, KeyError) as e:
         if isinstance(e, BadInputError):
             raise

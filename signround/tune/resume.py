@@ -21,6 +21,8 @@ uninterrupted run's bit for bit. Data parallel runs do not checkpoint (each rank
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import hashlib
 import json
 import logging
@@ -28,7 +30,7 @@ import os
 import re
 import secrets
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ _BLOCK = re.compile(r"^block-(\d{5})\.pt$")
 _CHAIN = re.compile(r"^chain-(\d{5})\.pt$")
 # Run record fields that never change the codes: where the activations are cached, thread count, why a dtype
 # was chosen, and the library versions.
-_NOT_RESULTS_RUNTIME = ("threads", "low_gpu_mem_usage", "tune_dtype_reason")
+_NOT_RESULTS_RUNTIME = ("threads", "low_gpu_mem_usage", "tune_dtype_reason", "max_memory")
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class Progress:
     """What the finished blocks left: their saved parts (in order) and the next block's inputs."""
 
     next_block: int
-    blocks: list[BlockPart] = field(default_factory=list)
+    blocks: "Sequence[BlockPart]" = ()  # read one at a time when iterated (a large model's codes never all at once)
     fp: torch.Tensor | None = None
     q: torch.Tensor | None = None
 
@@ -210,10 +212,22 @@ def load_progress(work: WorkDir) -> Progress:
     n = _finished(work.path)
     if n == 0:
         return Progress(0)
-    # Our own files, in a directory we made and whose fingerprint matched: they hold dataclasses of the codes.
-    blocks = [torch.load(work.path / f"block-{i:05d}.pt", map_location="cpu", weights_only=False) for i in range(n)]
     chain = torch.load(work.path / f"chain-{n:05d}.pt", map_location="cpu", weights_only=True)
-    return Progress(n, blocks, chain["fp"], chain["q"])
+    return Progress(n, _SavedParts([work.path / f"block-{i:05d}.pt" for i in range(n)]), chain["fp"], chain["q"])
+
+
+class _SavedParts(Sequence):
+    """The finished blocks' parts, each read from its file when asked for."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> BlockPart:  # type: ignore[override]
+        # Our own files, in a directory we made and whose fingerprint matched: they hold dataclasses of the codes.
+        return torch.load(self.files[i], map_location="cpu", weights_only=False)
 
 
 def save_block(work: WorkDir, i: int, part: BlockPart, fp: torch.Tensor, q: torch.Tensor | None) -> None:
