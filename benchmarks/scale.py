@@ -169,8 +169,11 @@ def read_layer(out: Path, name: str):
     view = parse_quant_config(config, out)
     spec = view.resolve([name])[name]
     index = out / INDEX_FILE
-    files = ([out / json.loads(index.read_text())["weight_map"][f"{name}.qweight"]] if index.is_file()
-             else sorted(out.glob("*.safetensors")))
+    if index.is_file():  # only the shards holding this layer's tensors (they may straddle two)
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({out / f for k, f in weight_map.items() if k.rsplit(".", 1)[0] == name})
+    else:
+        files = sorted(out.glob("*.safetensors"))
     tensors, where = {}, {}
     for f in files:
         with safe_open(str(f), framework="pt") as h:
