@@ -364,7 +364,7 @@ def sc_1b_signround(ctx: Ctx) -> None:
 
 # the CI-sized checkpoint: the smoke test of this script (no goals; the CI test bounds ci-rtn's memory)
 def sc_ci_baseline(ctx: Ctx) -> None:
-    _rtn_rows(ctx, "ci-tiny-rtn", "ci-tiny", "ci-tiny (6.6M, f32)", None, "-", False, 8, 256)
+    _rtn_rows(ctx, "ci-1layer-rtn", "ci-1layer", "ci-100m cut to 1 block (44M, f32)", None, "-", False, 8, 256)
 
 
 def sc_ci_rtn(ctx: Ctx) -> None:
@@ -449,7 +449,7 @@ def sc_dp(ctx: Ctx) -> None:
 SCENARIOS: dict[str, Callable[[Ctx], None]] = {
     "8b-rtn": sc_8b_rtn, "8b-optrtn": sc_8b_optrtn, "1b-signround": sc_1b_signround, "1b-rtn": sc_1b_rtn,
     "1b-optrtn": sc_1b_optrtn, "smollm2-vs-autoround": sc_smollm2_vs_autoround, "dp": sc_dp,
-    "ci-tiny-rtn": sc_ci_baseline, "ci-rtn": sc_ci_rtn, "ci-optrtn": sc_ci_optrtn, "ci-signround": sc_ci_signround,
+    "ci-1layer-rtn": sc_ci_baseline, "ci-rtn": sc_ci_rtn, "ci-optrtn": sc_ci_optrtn, "ci-signround": sc_ci_signround,
 }
 DEFAULT = ["8b-rtn", "8b-optrtn", "1b-signround", "1b-rtn", "1b-optrtn", "smollm2-vs-autoround", "dp"]
 

@@ -3,10 +3,12 @@
 The checkpoint is ``ci-100m`` of ``benchmarks/synthetic.py`` (random Llama weights, float32, 4 shards,
 ~453 MB), built once into ``$SIGNROUND_CACHE/scale`` (default ``~/.cache/signround/scale``) and reused.
 ``python -m signround --iters 0 --disable_opt_rtn`` runs in a child process whose peak RSS
-(``ru_maxrss`` from ``os.wait4``) is compared with the same command on ``ci-tiny`` (same architecture
-and code path, ~26 MB of weights) run in the same test: what the process holds beyond Python, torch and
-transformers must grow by less than 0.35 x the checkpoint's bytes, i.e. the weights are streamed block
-by block, never held whole. The output must also read back, with one layer equal to the RTN of its
+(``ru_maxrss`` from ``os.wait4``) is compared with the same command, run in the same test, on
+``ci-1layer``: ci-100m cut to its first block (same code path, same widths and vocabulary, so the same
+largest tensor, the 151 MB embedding). Going from 1 block to 12 must add less than 0.35 x the
+checkpoint's bytes to the peak: the weights are streamed block by block, never held whole. (Today the
+whole model is loaded, and the growth is about 2x the extra blocks' bytes: the test fails until the
+streaming change lands.) The output must also read back, with one layer equal to the RTN of its
 source tensor.
 """
 
@@ -68,22 +70,22 @@ def rtn_runs(tmp_path_factory):
         pytest.skip("ru_maxrss units and /proc are Linux's")
     synthetic = _synthetic()
     root = synthetic.default_root()
-    big, tiny = synthetic.build("ci-100m", root, log=lambda m: None), synthetic.build("ci-tiny", root, log=lambda m: None)
+    big, base = (synthetic.build(name, root, log=lambda m: None) for name in ("ci-100m", "ci-1layer"))
     tmp = tmp_path_factory.mktemp("scale")
-    peak_tiny = _peak_rss(_rtn_cmd(tiny, tmp / "tiny"), tmp / "tiny.log")
+    peak_base = _peak_rss(_rtn_cmd(base, tmp / "base"), tmp / "base.log")
     peak_big = _peak_rss(_rtn_cmd(big, tmp / "big"), tmp / "big.log")
     return {"ckpt": big, "ckpt_bytes": synthetic.checkpoint_bytes(synthetic.SPECS["ci-100m"]),
-            "peak_tiny": peak_tiny, "peak_big": peak_big, "out": _quantized_folder(tmp / "big")}
+            "peak_base": peak_base, "peak_big": peak_big, "out": _quantized_folder(tmp / "big")}
 
 
 def test_rtn_peak_rss_grows_much_less_than_the_checkpoint(rtn_runs):
     r = rtn_runs
-    growth = r["peak_big"] - r["peak_tiny"]
+    growth = r["peak_big"] - r["peak_base"]
     bound = GROWTH_BOUND * r["ckpt_bytes"]
     mib = 1024**2
     assert growth < bound, (
         f"RTN of a {r['ckpt_bytes'] / mib:.0f} MiB checkpoint peaked at {r['peak_big'] / mib:.0f} MiB RSS, "
-        f"{growth / mib:.0f} MiB above the same command on ci-tiny ({r['peak_tiny'] / mib:.0f} MiB); bound "
+        f"{growth / mib:.0f} MiB above the same command on ci-1layer ({r['peak_base'] / mib:.0f} MiB); bound "
         f"{GROWTH_BOUND} x checkpoint = {bound / mib:.0f} MiB ({growth / r['ckpt_bytes']:.2f} x measured)")
 
 
