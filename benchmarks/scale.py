@@ -330,18 +330,22 @@ def _rtn_rows(ctx: Ctx, scenario: str, ckpt_name: str, label: str, goal: float |
 
 
 def sc_8b_rtn(ctx: Ctx) -> None:
+    """Llama-3.1-8B shapes (16 GB bf16, 4 shards), plain RTN W4A16; goal peak RSS < 3 GiB; read-back check."""
     _rtn_rows(ctx, "8b-rtn", "llama-3.1-8b", "Llama-3.1-8B shapes", 3 * GiB, "< 3 GiB", False, 32, 512)
 
 
 def sc_8b_optrtn(ctx: Ctx) -> None:
+    """Llama-3.1-8B shapes, optimised RTN (iters 0), 32 x 512 calibration; goal < 3 GiB."""
     _rtn_rows(ctx, "8b-optrtn", "llama-3.1-8b", "Llama-3.1-8B shapes", 3 * GiB, "< 3 GiB", True, 32, 512)
 
 
 def sc_1b_rtn(ctx: Ctx) -> None:
+    """Llama-3.2-1B shapes (2.5 GB bf16), plain RTN; goal < 1.2 GB; read-back check."""
     _rtn_rows(ctx, "1b-rtn", "llama-3.2-1b", "Llama-3.2-1B shapes", 1.2 * GB, "< 1.2 GB", False, 8, 256)
 
 
 def sc_1b_optrtn(ctx: Ctx) -> None:
+    """Llama-3.2-1B shapes, optimised RTN, 8 x 256 calibration; goal < 1.2 GB."""
     _rtn_rows(ctx, "1b-optrtn", "llama-3.2-1b", "Llama-3.2-1B shapes", 1.2 * GB, "< 1.2 GB", True, 8, 256)
 
 
@@ -359,23 +363,28 @@ def _signround_pair(ctx: Ctx, scenario: str, ckpt_name: str, label: str, goal: f
 
 
 def sc_1b_signround(ctx: Ctx) -> None:
+    """Llama-3.2-1B shapes, SignRound 25 iters, 32 x 512: CLI (goal < 4 GiB) and API on a model loaded whole."""
     _signround_pair(ctx, "1b-signround", "llama-3.2-1b", "Llama-3.2-1B shapes", 4 * GiB, "< 4 GiB", 25, 32, 512)
 
 
 # the CI-sized checkpoint: the smoke test of this script (no goals; the CI test bounds ci-rtn's memory)
 def sc_ci_baseline(ctx: Ctx) -> None:
+    """ci-100m cut to one block, plain RTN (the CI test's baseline)."""
     _rtn_rows(ctx, "ci-1layer-rtn", "ci-1layer", "ci-100m cut to 1 block (44M, f32)", None, "-", False, 8, 256)
 
 
 def sc_ci_rtn(ctx: Ctx) -> None:
+    """ci-100m (113M f32, 4 shards), plain RTN; read-back check (the CI test's command)."""
     _rtn_rows(ctx, "ci-rtn", "ci-100m", "ci-100m (113M, f32)", None, "-", False, 8, 256)
 
 
 def sc_ci_optrtn(ctx: Ctx) -> None:
+    """ci-100m, optimised RTN, 8 x 256 calibration."""
     _rtn_rows(ctx, "ci-optrtn", "ci-100m", "ci-100m (113M, f32)", None, "-", True, 8, 256)
 
 
 def sc_ci_signround(ctx: Ctx) -> None:
+    """ci-100m, SignRound 5 iters, 8 x 256: CLI and API on a model loaded whole."""
     _signround_pair(ctx, "ci-signround", "ci-100m", "ci-100m (113M, f32)", None, "-", 5, 8, 256)
 
 
