@@ -83,6 +83,8 @@ def test_rtn_peak_rss_grows_much_less_than_the_checkpoint(rtn_runs):
     growth = r["peak_big"] - r["peak_base"]
     bound = GROWTH_BOUND * r["ckpt_bytes"]
     mib = 1024**2
+    print(f"peak RSS: ci-1layer {r['peak_base'] / mib:.0f} MiB, ci-100m {r['peak_big'] / mib:.0f} MiB, growth "
+          f"{growth / mib:.0f} MiB = {growth / r['ckpt_bytes']:.2f} x the checkpoint's {r['ckpt_bytes'] / mib:.0f} MiB")
     assert growth < bound, (
         f"RTN of a {r['ckpt_bytes'] / mib:.0f} MiB checkpoint peaked at {r['peak_big'] / mib:.0f} MiB RSS, "
         f"{growth / mib:.0f} MiB above the same command on ci-1layer ({r['peak_base'] / mib:.0f} MiB); bound "
