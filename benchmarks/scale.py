@@ -207,7 +207,7 @@ def check_rtn_layers(out: Path, src: Path, names: list[str]) -> dict:
 
 
 def check_layers_for(layers: int) -> list[str]:
-    return [f"model.layers.0.self_attn.q_proj", f"model.layers.{layers // 2}.mlp.down_proj",
+    return ["model.layers.0.self_attn.q_proj", f"model.layers.{layers // 2}.mlp.down_proj",
             f"model.layers.{layers - 1}.mlp.gate_proj", f"model.layers.{layers - 1}.self_attn.k_proj"]
 
 
