@@ -164,14 +164,16 @@ def _stored_dtype(config: Any, source: Any) -> torch.dtype:
 
 
 def _check_finite(source: Any, show_progress: bool) -> None:
-    """Read every float tensor once (one at a time) so a NaN/inf weight fails now, naming file and tensor."""
+    """Read every float tensor once, in chunks, so a NaN/inf weight fails now, naming file and tensor."""
     from tqdm.auto import tqdm
+
+    from .weights import check_finite
 
     names = [n for n in source.names() if source.info(n).dtype.is_floating_point]
     total = sum(source.info(n).nbytes for n in names)
     with tqdm(total=total, unit="B", unit_scale=True, desc="checking weights", disable=not show_progress) as bar:
         for n in names:
-            source.read(n)  # raises on NaN/inf
+            check_finite(source, n)
             bar.update(source.info(n).nbytes)
 
 

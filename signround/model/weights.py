@@ -23,7 +23,7 @@ import torch
 
 from ..errors import BadInputError
 
-__all__ = ["TensorInfo", "WeightSource", "SafetensorsSource", "ModuleSource", "SAFETENSORS_DTYPES", "CHUNK_BYTES",
+__all__ = ["TensorInfo", "check_finite", "WeightSource", "SafetensorsSource", "ModuleSource", "SAFETENSORS_DTYPES", "CHUNK_BYTES",
            "INDEX_FILE", "SINGLE_FILE"]
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -162,6 +162,25 @@ def _check_finite(t: torch.Tensor, info: TensorInfo) -> None:
             part = part.float()
         if not bool(torch.isfinite(part).all()):
             raise BadInputError(f"{info.file}: {info.name} holds NaN/inf values (damaged checkpoint?)")
+
+
+class _FiniteWriter:
+    """A write target that checks the float bytes it is given instead of keeping them."""
+
+    def __init__(self, info: TensorInfo) -> None:
+        self.info = info
+
+    def write(self, chunk: "bytes | memoryview") -> int:
+        if len(chunk):
+            _check_finite(torch.frombuffer(chunk, dtype=torch.uint8).view(self.info.dtype), self.info)
+        return len(chunk)
+
+
+def check_finite(source: "WeightSource", name: str) -> None:
+    """NaN/inf in ``name`` is a BadInputError naming file and tensor; streamed in chunks, never read whole."""
+    info = source.info(name)
+    if info.dtype.is_floating_point:
+        source.copy_to(name, _FiniteWriter(info))  # chunks are whole elements: CHUNK_BYTES is a multiple of 8
 
 
 class SafetensorsSource:

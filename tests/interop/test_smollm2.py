@@ -27,7 +27,9 @@ FORMATS = (Format.AUTO_GPTQ, Format.AUTO_AWQ, Format.AUTO_ROUND)
 def smollm2_exports(smollm2_dir, tmp_path_factory):
     ar = AutoRound(str(smollm2_dir), scheme="W4A16", group_size=64, iters=0, disable_opt_rtn=True, dtype="float32",
                    show_progress=False)
-    dirs = ar.quantize_and_save(tmp_path_factory.mktemp("smollm2"), format=",".join(f.value for f in FORMATS))
+    fmts = ",".join(f.value for f in FORMATS)
+    ar.quantize(fmts)  # keeps the quantized model in memory (quantize_and_save streams and keeps nothing)
+    dirs = ar.save_quantized(tmp_path_factory.mktemp("smollm2"), format=fmts)
     return ar.model, dict(zip(FORMATS, dirs))
 
 

@@ -51,6 +51,7 @@ def tiny_files(tmp_path_factory):
             for arch, mix in [("qwen2", "q5_1"), ("gemma3_text", "q4_k_m"), ("qwen3", "q8_0"), ("mistral", "q4_0")]}
 
 
+@pytest.mark.model
 def test_smollm2_every_tensor_is_bitwise_the_transformers_one(smol, smol_reference):
     source, _ = smol
     assert set(source.names()) == set(smol_reference)
@@ -59,10 +60,11 @@ def test_smollm2_every_tensor_is_bitwise_the_transformers_one(smol, smol_referen
         assert _bitwise_equal(got, smol_reference[name]), name
         info = source.info(name)
         assert (info.name, info.shape, info.dtype, info.file) == (name, tuple(got.shape), torch.float32,
-                                                                  smollm2_gguf_path())
+                                                                  str(smollm2_gguf_path()))
         assert info.nbytes == got.numel() * 4
 
 
+@pytest.mark.model
 def test_smollm2_names_cover_every_parameter_and_the_tied_head_reads_as_the_embedding(smol):
     source, skeleton = smol
     assert source.names() == list(dict.fromkeys(source.names()))  # no duplicates
@@ -74,6 +76,7 @@ def test_smollm2_names_cover_every_parameter_and_the_tied_head_reads_as_the_embe
     assert "llama" in source.describe() and "Q4_1" in source.describe()
 
 
+@pytest.mark.model
 def test_reading_one_tensor_dequantizes_only_that_one(smol, monkeypatch):
     source, _ = smol
     calls = []
@@ -88,6 +91,7 @@ def test_reading_one_tensor_dequantizes_only_that_one(smol, monkeypatch):
     assert calls == [((576, 360), gguf.GGMLQuantizationType.Q4_1)]
 
 
+@pytest.mark.model
 def test_copy_to_writes_the_raw_float32_bytes(smol):
     source, _ = smol
     name = "model.layers.0.self_attn.k_proj.weight"

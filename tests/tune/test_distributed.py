@@ -98,13 +98,13 @@ def _save_worker(rank: int, world: int, port: int, model_dir: str, out_dir: str,
     from signround import AutoRound
 
     _join(rank, world, port)
-    export = api.export_model
+    export = api.open_export
 
     def logged_export(*args, **kwargs):
         Path(f"{log}.{rank}").write_text("exported")
         return export(*args, **kwargs)
 
-    api.export_model = logged_export
+    api.open_export = logged_export
     try:
         ar = AutoRound(model_dir, scheme="W4A16", iters=2, nsamples=4, seqlen=32, batch_size=2, device="cpu",
                        tune_dtype="float32", show_progress=False)
