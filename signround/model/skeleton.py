@@ -136,7 +136,7 @@ def _scoped_groups(model: torch.nn.Module, prefix: str) -> list[list[str]]:
     return out
 
 
-def materialize(model: torch.nn.Module, prefix: str, source: WeightSource) -> None:
+def materialize(model: torch.nn.Module, prefix: str, source: WeightSource, mapped: bool = False) -> None:
     """Fill every meta parameter under ``prefix`` ("" = the whole model), and its persistent buffers, from ``source``.
 
     Stored dtypes differing from the skeleton's are cast to it. A tie gets one new Parameter set under
@@ -152,7 +152,8 @@ def materialize(model: torch.nn.Module, prefix: str, source: WeightSource) -> No
         if name is None:
             raise _missing_error(source, group[:1])
         _check_shape(source, name, old.shape)
-        value = source.read(name)
+        # mapped: a view of the file where the source offers one (pages count only once touched)
+        value = source.read_mapped(name) if mapped and hasattr(source, "read_mapped") else source.read(name)
         if value.dtype != old.dtype:
             value = value.to(old.dtype)
         new = torch.nn.Parameter(value, requires_grad=old.requires_grad and value.is_floating_point())

@@ -30,11 +30,14 @@ class ModelWeights:
     def in_memory(cls, model: torch.nn.Module) -> "ModelWeights":
         return cls(ModuleSource(model))
 
-    def load(self, model: torch.nn.Module, prefixes: "str | list[str]") -> None:
-        """Read the tensors of these modules (``""`` = every one still missing) from the source."""
+    def load(self, model: torch.nn.Module, prefixes: "str | list[str]", mapped: bool = False) -> None:
+        """Read the tensors of these modules (``""`` = every one still missing) from the source.
+
+        ``mapped``: as views of the checkpoint file where it allows (the embeddings, of which the calibration
+        pass touches only the rows of its tokens)."""
         if self.streamed:
             for prefix in [prefixes] if isinstance(prefixes, str) else prefixes:
-                materialize(model, prefix, self.source)
+                materialize(model, prefix, self.source, mapped=mapped)
 
     def drop(self, model: torch.nn.Module, prefixes: "str | list[str]") -> None:
         """Let these modules' tensors go (back to the meta device), unless the model is kept."""

@@ -246,6 +246,21 @@ class SafetensorsSource:
         _check_finite(t, span.info)
         return t
 
+    def read_mapped(self, name: str) -> torch.Tensor:
+        """The tensor as a copy-on-write view of its file: only the pages used count in memory.
+
+        For the embedding, of which the calibration pass reads a few rows (a 1 GB table, a few MB touched).
+        Its values were checked when the model was opened (``check_finite``); not checked again here.
+        """
+        import numpy as np
+
+        span = self._span_of(name)
+        info = span.info
+        if span.end == span.start:
+            return torch.empty(info.shape, dtype=info.dtype)
+        raw = np.memmap(info.file, dtype=np.uint8, mode="c", offset=span.start, shape=(span.end - span.start,))
+        return torch.from_numpy(raw).view(info.dtype).reshape(info.shape)
+
     def copy_to(self, name: str, out: BinaryIO) -> int:
         span = self._span_of(name)
         total = span.end - span.start

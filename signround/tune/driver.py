@@ -260,7 +260,7 @@ def _block_loop(model, arch, plan, input_ids, attention_mask, signround, start, 
         raise ValueError("block checkpoints (work) are not supported under data parallel: each rank holds a shard")
     blocks = get_module(model, arch.blocks)
     front = outside_modules(model, plan.blocks_prefix, skip=(plan.lm_head,) if plan.lm_head else ())
-    weights.load(model, front)  # embeddings (and what else runs before the first block)
+    weights.load(model, front, mapped=not weights.keep)  # embeddings (and what else runs before the first block)
     block_args = capture_block_args(model, blocks, input_ids[:1])
     progress = load_progress(work) if work is not None else Progress(0)
     cache_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)

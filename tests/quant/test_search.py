@@ -42,3 +42,18 @@ def test_all_zero_group_stays_zero():
     for sym in (True, False):
         w_hat = quantize_groups(wg, search_int(wg, 4, sym))[0]
         assert torch.equal(w_hat, wg)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_search_in_slices_equals_one_pass(monkeypatch, sym):
+    """search_int runs a slice of groups at a time to bound memory; the ranges are exactly those of one pass."""
+    import signround.quant.search as search
+
+    g = torch.Generator().manual_seed(3)
+    wg = torch.randn(300, 32, generator=g)
+    im = torch.rand(300, 32, generator=g)
+    whole = search.search_int(wg, 4, sym, im)
+    monkeypatch.setattr(search, "SEARCH_CHUNK", 32 * 7)  # 7 groups per slice, the last one short
+    sliced = search.search_int(wg, 4, sym, im)
+    for name in ("s0",) if sym else ("lo0", "hi0"):
+        assert torch.equal(getattr(whole, name), getattr(sliced, name)), name

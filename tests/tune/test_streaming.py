@@ -65,8 +65,8 @@ def test_one_block_in_memory_at_a_time(sharded_dir, tmp_path, monkeypatch):
     seen: list[int] = []
     real = streaming.materialize
 
-    def watched(model, prefix, source):
-        real(model, prefix, source)
+    def watched(model, prefix, source, **kw):
+        real(model, prefix, source, **kw)
         loaded = [i for i, b in enumerate(model.model.layers) if not any(p.is_meta for p in b.parameters())]
         seen.append(len(loaded))
 
