@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+import torch
+
 from .errors import BadInputError
 from .method import Method
 from .recipes import RECIPES
@@ -51,7 +53,7 @@ def _one_of(*names: str) -> Callable[[Any], str | None]:
 
 _DTYPES = ("auto", *DTYPE_NAMES)
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "True or False", Mapping: "a dict",
-               list: "a list", tuple: "a tuple"}
+               list: "a list", tuple: "a tuple", torch.Tensor: "a tensor"}
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("seqlen", int, None, "tokens per calibration row", _T, _at_least(2), resolved=_sl),
     Option("batch_size", int, 8, "rows per tuning step", _T, _at_least(1)),
     Option("gradient_accumulate_steps", int, 1, "batches per tuning step", _T, _at_least(1)),
-    Option("dataset", (str, list, tuple), None, "calibration data spec, e.g. 'file.jsonl:num=64,signround:bundled'",
+    Option("dataset", (str, list, tuple, torch.Tensor, Mapping), None,
+           "calibration data spec, e.g. 'file.jsonl:num=64,signround:bundled' (Python: also texts, token ids, a tensor)",
            _T, resolved="the bundled public-domain text"),
     Option("seed", int, 42, "random seed of the calibration sampling and tuning", _T, _at_least(0)),
     Option("disable_opt_rtn", bool, False, "plain min/max RTN start (and plain RTN with iters 0)", _T, cli="true"),
