@@ -1,4 +1,5 @@
-"""Loading the user's float model: a damaged checkpoint is a BadInputError naming file and tensor, never random init."""
+"""Loading the user's float model (whole, or opened for streaming): a damaged checkpoint is a BadInputError naming
+file and tensor, never random init."""
 
 import math
 
@@ -7,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from signround.errors import BadInputError
-from signround.model.loading import load_model
+from signround.model.loading import load_model, open_model
 from tests.interop.common import byte_tokenizer
 
 
@@ -26,11 +27,16 @@ def _edit(folder, fn):
     save_file(tensors, str(f), metadata={"format": "pt"})
 
 
-def _raises(folder, *parts):
+def _raises(folder, *parts, load=lambda f: load_model(str(f), dtype="float32")):
     with pytest.raises(BadInputError) as err:
-        load_model(str(folder), dtype="float32")
+        load(folder)
     for part in parts:
         assert part in str(err.value), f"{part!r} not in: {err.value}"
+
+
+def _raises_open(folder, *parts):
+    """``open_model`` (streamed quantization) checks the checkpoint whole before any work."""
+    _raises(folder, *parts, load=lambda f: open_model(str(f), dtype="float32", show_progress=False))
 
 
 def test_intact_checkpoint_loads_the_stored_weights(saved):
@@ -82,3 +88,44 @@ def test_tied_lm_head_stored_once_loads(tiny, tmp_path):
     loaded = load_model(str(tmp_path / "tied"), dtype="float32").model
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_opens_as_a_skeleton_whose_blocks_read_the_stored_weights(saved):
+    folder, model = saved
+    lm = open_model(str(folder), show_progress=False)
+    assert lm.weights.streamed and all(p.is_meta for p in lm.model.parameters())
+    lm.weights.load(lm.model, "")
+    for k, v in model.state_dict().items():
+        assert torch.equal(lm.model.state_dict()[k], v), k
+
+
+def test_open_invalid_config_json(saved):
+    folder, _ = saved
+    (folder / "config.json").write_text("{\"model_type\": ")
+    _raises_open(folder, str(folder / "config.json"), "is not valid JSON")
+
+
+def test_open_truncated_safetensors(saved):
+    folder, _ = saved
+    f = folder / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    _raises_open(folder, str(f), "truncated?")
+
+
+def test_open_missing_tensor(saved):
+    folder, _ = saved
+    name = "model.layers.1.self_attn.v_proj.weight"
+    _edit(folder, lambda t: t.pop(name))
+    _raises_open(folder, f"no tensor for {name}", "random weights")
+
+
+def test_open_nan_weight_fails_before_any_work(saved):
+    folder, _ = saved
+    name = "model.layers.1.mlp.down_proj.weight"
+
+    def poison(t):
+        t[name] = t[name].clone()
+        t[name][3, 2] = math.inf
+
+    _edit(folder, poison)
+    _raises_open(folder, f"{folder / 'model.safetensors'}: {name} holds NaN/inf")
