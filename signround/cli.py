@@ -161,12 +161,15 @@ def _list(argv: Sequence[str]) -> int:
     elif args.what == "scheme":
         from .schemes import PRESETS
 
+        rows = [("preset", "weights", "activations")]
         for name, s in PRESETS.items():
-            desc = "kept in 16-bit float" if not s.is_quantized else (
-                f"int{s.bits}, group {s.group_size}, {'full-range sym' if s.sym else 'asym'}")
+            weights, acts = s.describe()
             if s.data_type == "gguf":
-                desc = f"llama.cpp mix {name[5:].lower()} (per-tensor ggml types; default {s.ggml_type})"
-            print(f"{name:10s} {desc}")
+                weights = f"llama.cpp mix {name[5:].lower()} (per-tensor ggml types; default {s.ggml_type})"
+            rows.append((name, weights, acts))
+        w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
+        for r in rows:
+            print(f"{r[0]:{w0}s}  {r[1]:{w1}s}  {r[2]}")
     else:
         from .recipes import RECIPES
 

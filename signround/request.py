@@ -23,7 +23,8 @@ __all__ = ["QuantRequest"]
 
 logger = logging.getLogger(__name__)
 
-_SCHEME_OVERRIDES = ("bits", "group_size", "sym")
+_SCHEME_OVERRIDES = ("bits", "group_size", "sym", "data_type", "act_bits", "act_group_size", "act_sym", "act_dynamic",
+                     "act_data_type")
 
 
 @dataclass(frozen=True)

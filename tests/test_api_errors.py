@@ -22,7 +22,7 @@ def test_unknown_scheme(tiny):
 
 @pytest.mark.parametrize("bits", [1, 9])
 def test_bits_outside_2_to_8(tiny, bits):
-    with pytest.raises(ValueError, match="bits must be in 2..8"):
+    with pytest.raises(ValueError, match="takes bits 2..8"):
         AutoRound(tiny("llama"), bits=bits)
 
 

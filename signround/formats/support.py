@@ -82,6 +82,7 @@ FORMATS: dict[Format, FormatSpec] = {
         "dequantized float weights, any scheme (for research and evaluation)",
         bits=frozenset(range(2, 9)),
         lm_head=True,
+        data_types=frozenset({"int", "mx_fp", "mx_fp_rceil", "mx_int", "nv_fp", "fp"}),
     ),
     Format.AUTO_ROUND: FormatSpec(
         "AutoRound checkpoint (quant_method auto-round), GPTQ-style int32 packing; transformers, vLLM, SGLang",
