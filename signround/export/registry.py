@@ -46,6 +46,9 @@ class ExportInput:
     start: Start = Start.SEARCH  # how tensors the writer quantizes itself (GGUF token_embd) choose their scales
     tensors: "WeightSource | None" = None  # where float tensors are read from (None: the model's own)
     max_shard_bytes: int = DEFAULT_SHARD_BYTES  # safetensors shards (transformers' max_shard_size)
+    # module name -> calibrated max |input| (0-d float32) of layers with static activations (FP8_STATIC, NVFP4):
+    # FP8 writes input_scale = act_max / 448, NVFP4 input_global_scale = 448 * 6 / act_max
+    act_max: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.tensors is None:

@@ -70,6 +70,10 @@ class QuantizedCheckpoint:
     method: str
     specs: dict[str, LayerSpec]  # what the config says about each packed layer (group_size -1: per row)
     where: dict[str, str] = field(default_factory=dict)  # tensor name -> path of its file (for messages)
+    # layers whose inputs the checkpoint quantizes: module name -> its scheme (act_* fields), and the calibrated
+    # max |input| (0-d float32) of those with static activations, read back from input_scale / input_global_scale
+    act_schemes: dict[str, Any] = field(default_factory=dict)
+    act_max: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def read_config(folder: "str | Path") -> dict[str, Any]:
