@@ -79,7 +79,7 @@ def register_writer(fmt: Format) -> Callable[[SinkFactory], SinkFactory]:
 
 
 def _writers() -> dict[Format, SinkFactory]:
-    from . import auto_awq, auto_gptq, auto_round, fake  # noqa: F401  (writers register themselves)
+    from . import auto_awq, auto_gptq, auto_round, fake, llm_compressor  # noqa: F401  (writers register themselves)
     from .gguf import pipeline  # noqa: F401
 
     return WRITERS

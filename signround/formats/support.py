@@ -31,6 +31,7 @@ class Format(str, Enum):
     AUTO_ROUND = "auto_round"
     AUTO_GPTQ = "auto_gptq"
     AUTO_AWQ = "auto_awq"
+    LLM_COMPRESSOR = "llm_compressor"
     GGUF_Q4_0 = "gguf:q4_0"
     GGUF_Q4_1 = "gguf:q4_1"
     GGUF_Q5_0 = "gguf:q5_0"
@@ -105,6 +106,18 @@ FORMATS: dict[Format, FormatSpec] = {
         out_multiple=8,
         positive_group_size=True,
         one_group_size=True,  # quantization_config has one group_size and no per-layer overrides
+    ),
+    Format.LLM_COMPRESSOR: FormatSpec(
+        "compressed-tensors checkpoint (quant_method compressed-tensors): pack-quantized int, float-quantized FP8, "
+        "nvfp4/mxfp4-pack-quantized, mxfp8-quantized; transformers+compressed-tensors, vLLM",
+        bits=frozenset({2, 3, 4, 8}),
+        # asym int: compressed-tensors 0.20.1 packs zero points to (N*bits/32, G) but its transformers load path
+        # expects them unpacked (N, G) and refuses the checkpoint; FP types are always sym
+        sym=frozenset({True}),
+        group_size_divides_in=True,  # compressed-tensors' group strategy rejects a partial last group
+        fuses_qkv=True,
+        lm_head=True,
+        data_types=frozenset({"int", "mx_fp", "nv_fp", "fp"}),
     ),
     **{
         fmt: FormatSpec(
@@ -198,14 +211,16 @@ def check_group_sizes(fmt: Format, schemes: Mapping[str, QuantScheme]) -> str | 
 
 
 def format_table() -> str:
-    rows = [("format", "bits", "sym/asym", "lm_head", "notes")]
+    rows = [("format", "data types", "bits", "sym/asym", "lm_head", "notes")]
     for fmt, spec in FORMATS.items():
         sym = "/".join(s for s, ok in (("sym", True in spec.sym), ("asym", False in spec.sym)) if ok)
         notes = spec.description
         if spec.group_size_divides_in:
             notes += "; group_size must divide in_features"
-        rows.append((fmt.value, ",".join(map(str, sorted(spec.bits))), sym, "yes" if spec.lm_head else "no", notes))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+        rows.append((fmt.value, ",".join(sorted(spec.data_types)), ",".join(map(str, sorted(spec.bits))), sym,
+                     "yes" if spec.lm_head else "no", notes))
+    n = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:n], widths)) + "  " + r[n] for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
