@@ -252,6 +252,11 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
     """Decode every packed layer; ``in_features`` (layer -> width, from the model) resolves padded rows."""
     folder = Path(folder)
     config = read_config(folder)
+    qc = config.get("quantization_config")
+    if isinstance(qc, dict) and str(qc.get("quant_method", "")).lower() == "compressed-tensors":
+        from .compressed_tensors import read_compressed_tensors  # its own reader: per-layer formats, FP results
+
+        return read_compressed_tensors(folder, config, in_features)
     view = parse_quant_config(config, folder)
     tensors, where = read_tensors(folder)
     names = sorted({k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")})
