@@ -1,0 +1,154 @@
+"""Our llm_compressor outputs in compressed-tensors (its pinned release, through transformers on CPU).
+
+Int presets are quantized by signround end to end; FP layers are hand-made FPQuantized codes (see
+tests/export/test_llm_compressor.py), the model in memory holding their dequantization. Each layer's weight as
+compressed-tensors decompresses it is compared with ours, and the logits with our in-memory model's, with
+compressed-tensors' input fake-quant off (``quantization_enabled = False``) and, where the file fixes it
+(static FP8), on against the same fake-quant applied to our model by a hook. MX and NVFP4 checkpoints load in
+bfloat16 only (real-loaders §3; MXFP8 too: its E8M0 scales decode to bfloat16).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.export.test_llm_compressor import FP_PRESETS, export_handmade, export_int
+from tests.helpers import logits
+from tests.interop.common import assert_close, needs
+
+pytestmark = [pytest.mark.interop, needs("compressed_tensors")]
+
+BF16_ONLY = ("MXFP4", "NVFP4", "MXFP8")  # compressed-tensors decodes E8M0/NVFP4 scales to bfloat16: fp32 models fail
+
+
+def ct_model(folder, dtype):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, device_map="cpu", dtype=dtype).eval()
+
+
+def set_act_quant(model, on: bool) -> int:
+    n = 0
+    for m in model.modules():
+        if getattr(m, "quantization_scheme", None) is not None:
+            m.quantization_enabled = on
+            n += 1
+    return n
+
+
+@torch.no_grad()
+def ct_logits(model, ids):
+    return model(input_ids=ids, use_cache=False).logits.float()
+
+
+def ct_weight(module) -> torch.Tensor:
+    """The layer's weight as compressed-tensors' own compressor decompresses it (or already has)."""
+    from compressed_tensors.compressors.base import BaseCompressor
+
+    params = dict(module.named_parameters()) | dict(module.named_buffers())
+    w = params.get("weight")
+    if w is not None and w.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        return w.detach().float()
+    comp = BaseCompressor.get_value_from_registry(module.quantization_scheme.format)
+    return comp.decompress(params, module.quantization_scheme)["weight"].float()
+
+
+@pytest.mark.parametrize("scheme", ["W4A16", "W8A16", dict(bits=3, group_size=32), dict(bits=2, group_size=32),
+                                    dict(bits=4, group_size=-1), "INT8_W8A8"],
+                         ids=["w4g128", "w8g128", "w3g32", "w2g32", "w4gc", "int8_w8a8"])
+def test_int_presets_match_our_model(scheme, tiny, calib_ids, tmp_path):
+    model = tiny("llama")
+    out, plan, weights = export_int(model, calib_ids, scheme, tmp_path / "q")
+    loaded = ct_model(out, torch.float32)
+    assert set_act_quant(loaded, False) == len(weights)
+    for name, qw in weights.items():
+        assert torch.equal(ct_weight(loaded.get_submodule(name)), qw.dequantize()), name
+    got = ct_logits(loaded, calib_ids)
+    assert torch.isfinite(got).all()
+    assert torch.equal(got, logits(model, calib_ids))
+
+
+def test_int8_w8a8_activation_quant_on_is_per_token_int8(tiny, calib_ids, tmp_path):
+    model = tiny("llama")
+    out, _, _ = export_int(model, calib_ids, "INT8_W8A8", tmp_path / "q")
+    loaded = ct_model(out, torch.float32)
+    on = ct_logits(loaded, calib_ids)
+    set_act_quant(loaded, False)
+    off = ct_logits(loaded, calib_ids)
+    assert torch.isfinite(on).all() and not torch.equal(on, off)
+    assert_close(on, off, rel_max=0.05)  # 8-bit per-token inputs: a small, nonzero change
+
+
+def test_mixed_bits_lm_head_and_float_layers(tiny, calib_ids, tmp_path):
+    model = tiny("llama")
+    out, _, weights = export_int(model, calib_ids, "W4A16", tmp_path / "q", quant_lm_head=True,
+                                 layer_config={"mlp.down_proj": {"bits": 8}, "model.layers.1.self_attn": {"bits": 16}})
+    loaded = ct_model(out, torch.float32)
+    set_act_quant(loaded, False)
+    assert getattr(loaded.get_submodule("model.layers.1.self_attn.q_proj"), "quantization_scheme", None) is None
+    assert loaded.get_submodule("model.layers.0.mlp.down_proj").quantization_scheme.weights.num_bits == 8
+    assert loaded.get_submodule("lm_head").quantization_scheme.weights.num_bits == 4
+    assert torch.equal(ct_logits(loaded, calib_ids), logits(model, calib_ids))
+
+
+@pytest.mark.parametrize("preset", FP_PRESETS)
+def test_fp_layers_decompress_to_ours_and_logits_match(preset, tiny, calib_ids, tmp_path):
+    model = tiny("llama")
+    out, plan, weights = export_handmade(model, preset, tmp_path / "q")
+    dtype = torch.bfloat16 if preset in BF16_ONLY else torch.float32
+    loaded = ct_model(out, dtype)
+    assert set_act_quant(loaded, False) == len(weights)
+    for name, fq in weights.items():
+        got, ref = ct_weight(loaded.get_submodule(name)), fq.dequantize()
+        if preset == "NVFP4":  # compressed-tensors divides by the global scale in bfloat16
+            assert ((got - ref).norm() / ref.norm()) < 4e-3, name
+        else:  # E2M1/E4M3 x 2**k is exact in bfloat16, FP8 x fp32 scale exact in float32
+            assert torch.equal(got, ref), name
+    got = ct_logits(loaded, calib_ids)
+    assert torch.isfinite(got).all()
+    if dtype == torch.float32:
+        assert torch.equal(got, logits(model, calib_ids))
+        return
+    model.save_pretrained(tmp_path / "ref")  # our quantized model, loaded the same way (bf16, fp32 rotary buffers)
+    ref = logits(ct_model(tmp_path / "ref", dtype), calib_ids)
+    if preset == "NVFP4":
+        assert_close(got, ref, rel_max=0.02)
+    else:
+        assert torch.equal(got, ref)
+
+
+def test_fp8_static_activations_use_our_calibrated_max(tiny, calib_ids, tmp_path):
+    """Input fake-quant on: compressed-tensors uses input_scale = act_max / 448, as a hook on our model does."""
+    from tests.export.test_llm_compressor import ACT_MAX
+
+    model = tiny("llama")
+    out, plan, weights = export_handmade(model, "FP8_STATIC", tmp_path / "q")
+    scale = torch.tensor(ACT_MAX / 448, dtype=torch.float32)
+
+    def fake_fp8(module, args):
+        x = args[0]
+        return ((x / scale).clamp(-448, 448).to(torch.float8_e4m3fn).float() * scale).to(x.dtype),
+
+    hooks = [model.get_submodule(n).register_forward_pre_hook(fake_fp8) for n in weights]
+    try:
+        ours = logits(model, calib_ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    got = ct_logits(ct_model(out, torch.float32), calib_ids)
+    assert torch.isfinite(got).all()
+    assert_close(got, ours, rel_max=1e-5, argmax_min=0.999)
+    assert not torch.equal(ours, logits(model, calib_ids))  # the activations really were quantized
+
+
+@pytest.mark.parametrize("preset", ["MXFP4", "NVFP4", "MXFP8", "FP8_BLOCK"])
+def test_dynamic_fp_activation_quant_on_gives_finite_nearby_logits(preset, tiny, calib_ids, tmp_path):
+    model = tiny("llama")
+    out, _, _ = export_handmade(model, preset, tmp_path / "q")
+    loaded = ct_model(out, torch.bfloat16 if preset in BF16_ONLY else torch.float32)
+    on = ct_logits(loaded, calib_ids)
+    set_act_quant(loaded, False)
+    off = ct_logits(loaded, calib_ids)
+    assert torch.isfinite(on).all() and not torch.equal(on, off)
+    assert_close(on, off, rel_max=0.35, argmax_min=0.5)  # 4-bit inputs move logits (reference: rel ~0.2)
