@@ -326,3 +326,14 @@ def test_reader_refuses_quantized_tensors_the_config_ignores(tiny, calib_ids, tm
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="model.layers.0.mlp.up_proj has quantized tensors, but"):
         read_checkpoint(out)
+
+
+def test_list_format_shows_the_row_with_data_types(capsys):
+    from signround.cli import main
+
+    assert main(["list", "format"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert "data types" in header
+    row = next(line for line in out.splitlines() if line.startswith("llm_compressor "))
+    assert "fp,int,mx_fp,nv_fp" in row and "2,3,4,8" in row and " sym " in row and "compressed-tensors" in row
