@@ -152,3 +152,25 @@ def test_dynamic_fp_activation_quant_on_gives_finite_nearby_logits(preset, tiny,
     off = ct_logits(loaded, calib_ids)
     assert torch.isfinite(on).all() and not torch.equal(on, off)
     assert_close(on, off, rel_max=0.35, argmax_min=0.5)  # 4-bit inputs move logits (reference: rel ~0.2)
+
+
+@pytest.mark.model
+def test_smollm2_w4a16_in_compressed_tensors_and_our_loader(smollm2_dir, tmp_path):
+    """The real model (tied lm_head, 576-wide): written streamed by the API, loaded by both loaders."""
+    from signround.api import AutoRound
+    from signround.inference.load import load_quantized
+    from signround.verify import prompt_ids
+
+    ar = AutoRound(str(smollm2_dir), scheme="W4A16", group_size=64, iters=0, disable_opt_rtn=True, dtype="float32",
+                   show_progress=False)
+    ar.quantize("llm_compressor")
+    (out,) = ar.save_quantized(tmp_path / "q", format="llm_compressor")
+    ids = prompt_ids(out, n_prompts=2, length=64)
+    ref = logits(ar.model, ids)
+    ours = logits(load_quantized(out), ids)
+    assert torch.equal(ours, ref)
+    loaded = ct_model(out, torch.float32)
+    set_act_quant(loaded, False)
+    got = ct_logits(loaded, ids)
+    assert torch.isfinite(got).all()
+    assert_close(got, ref, rel_max=1e-5, argmax_min=0.999)
