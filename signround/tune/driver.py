@@ -41,6 +41,7 @@ from ..quant.types import QuantizedWeight
 from . import gguf_layer  # noqa: F401  (registers the "gguf" layer state)
 from .distributed import SINGLE_PROCESS, DataParallel
 from .imatrix import ImatrixCollector
+from .act_inputs import ActMaxCollector, act_schemes, quantized_inputs, static_names
 from .layer import LayerQuantizer, make_layer_state
 from .resume import BlockPart, Progress, WorkDir, load_progress, save_block
 
@@ -77,6 +78,7 @@ class QuantizeResult:
     blocks: dict[int, dict] = field(default_factory=dict)  # block index -> report fields and seconds
     layers: dict[str, dict] = field(default_factory=dict)  # layer name -> weight error and scheme
     imatrix: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> (in,) mean squared input
+    act_max: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> calibrated max |input| (static acts)
     seconds: float = 0.0
 
 
@@ -159,16 +161,17 @@ def _split_rows(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return order[n_val:], order[:n_val]
 
 
-def _forward_rows(block, hidden, out, block_args, rows_per_batch, device, imatrix=None, mask=None,
+def _forward_rows(block, hidden, out, block_args, rows_per_batch, device, collectors=(), mask=None,
                   autocast_dtype=None) -> None:
     """out[rows] = block(hidden[rows]) for every row, batch by batch (out may be hidden itself).
 
     The block runs in float32 whatever dtype the rows are cached in (``RowStore``s cast on write).
+    ``collectors`` (importance, activation maxima) are told which rows' tokens are real (``mask``).
     """
     for start in range(0, hidden.shape[0], rows_per_batch):
         sl = slice(start, start + rows_per_batch)
-        if imatrix is not None:
-            imatrix.mask = None if mask is None else mask[sl]
+        for c in collectors:
+            c.mask = None if mask is None else mask[sl]
         with _autocast(device, autocast_dtype):
             y = run_block(block, hidden[sl].to(device=device, dtype=torch.float32), block_args)
         out[sl] = y.to(out.device, out.dtype)
@@ -205,6 +208,7 @@ def quantize_model(
     weights: ModelWeights | None = None,
     sinks: Sequence["ExportSink"] = (),
     spill_dir: "str | Path | None" = None,
+    act_max: "dict[str, torch.Tensor] | None" = None,
 ) -> QuantizeResult:
     """Quantize every planned layer of ``model``; return the codes and a per-block report.
 
@@ -218,12 +222,15 @@ def quantize_model(
     Cached activations take at most ``runtime.max_memory`` bytes of RAM (default: half the available RAM);
     beyond that they spill to files in ``spill_dir`` (default: the system's temporary directory).
 
+    ``act_max``: the dict that receives the calibrated input maxima of static-activation layers as their
+    blocks finish (the writers' ``ExportInput.act_max``, so a streamed sink has them when it packs the layer).
+
     ``work`` (``tune/resume.py``, opened for this very run): every finished block is checkpointed there,
     and the blocks it already holds are restored from their codes instead of being run again; the loop
     continues from the next one with the saved inputs (single process only).
     """
     t0 = time.time()
-    result = QuantizeResult()
+    result = QuantizeResult(act_max={} if act_max is None else act_max)
     weights = weights or ModelWeights.in_memory(model)
     output = _Output(sinks, keep_codes=weights.keep or not weights.streamed)
     method, _ = method_for(signround.iters, start is Start.MINMAX)
@@ -316,7 +323,8 @@ def _block_part(plan: QuantPlan, i: int, result: QuantizeResult) -> BlockPart:
     """What block ``i`` added to ``result``: its layers' codes and records, its report fields, its imatrices."""
     names = [p.name for p in plan.block_layers(i)]
     return BlockPart(weights={n: result.weights[n] for n in names}, layers={n: result.layers[n] for n in names},
-                     info=result.blocks[i], imatrix={n: result.imatrix[n] for n in names if n in result.imatrix})
+                     info=result.blocks[i], imatrix={n: result.imatrix[n] for n in names if n in result.imatrix},
+                     act_max={n: result.act_max[n] for n in names if n in result.act_max})
 
 
 def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress, result: QuantizeResult,
@@ -334,6 +342,7 @@ def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress,
         result.weights.update(part.weights)
         result.layers.update(part.layers)
         result.imatrix.update(part.imatrix)
+        result.act_max.update(part.act_max)
         result.blocks[i] = part.info
         output.hand_over(list(part.weights), result)
 
@@ -353,14 +362,19 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     prefix = f"{plan.blocks_prefix}.{i}."
     modules = {p.name[len(prefix):]: block.get_submodule(p.name[len(prefix):]) for p in layer_plans}
 
-    collector = ImatrixCollector()
+    collector, act_collector = ImatrixCollector(), ActMaxCollector()
+    acts = act_schemes(layer_plans, prefix)  # layers whose inputs are quantized (local names)
     targets = chain.fp if not tuning or signround.enable_quanted_input else chain.fp.empty_like("float targets")
     inputs_for_tuning = chain.q if signround.enable_quanted_input else chain.fp
     phases = _Phases()
-    with torch.no_grad(), collector.watch(modules if optimize else {}):
-        _forward_rows(block, chain.fp, targets, args_i, rows, device, collector, chain.mask, pass_autocast)
+    statics = {n: modules[n] for n in static_names(acts)}
+    with torch.no_grad(), collector.watch(modules if optimize else {}), act_collector.watch(statics):
+        _forward_rows(block, chain.fp, targets, args_i, rows, device, (collector, act_collector), chain.mask,
+                      pass_autocast)
     if optimize:
         runtime.parallel.reduce_imatrix(collector.sums, collector.counts, list(modules))
+    act_max = {n: runtime.parallel.reduce_max(act_collector.max.get(n, torch.zeros(()))) for n in statics}
+    result.act_max.update({prefix + n: m for n, m in act_max.items()})
     phases.mark("reference")
     states = [make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize)
               for local, p in zip(modules, layer_plans)]
@@ -370,13 +384,14 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     report: BlockReport | None = None
     if tuning and states:
         block.requires_grad_(False)
-        report = tune_block(block, states, inputs_for_tuning, targets, args_i, chain.mask, chain.train_idx,
-                            chain.val_idx, signround, device, autocast_dtype=autocast, parallel=runtime.parallel,
-                            n_rows=chain.n_rows)
+        with quantized_inputs(modules, acts, act_max):
+            report = tune_block(block, states, inputs_for_tuning, targets, args_i, chain.mask, chain.train_idx,
+                                chain.val_idx, signround, device, autocast_dtype=autocast, parallel=runtime.parallel,
+                                n_rows=chain.n_rows)
         phases.mark("tune")
     _quantize_states(states, modules, result)
     if chain.q is not None:
-        with torch.no_grad():
+        with torch.no_grad(), quantized_inputs(modules, acts, act_max):
             _forward_rows(block, chain.q, chain.q, args_i, rows, device, autocast_dtype=pass_autocast)
     phases.mark("chain")
     if targets is not chain.fp:
@@ -399,18 +414,23 @@ def _quantize_outside(model, arch, plan, hidden, mask, optimize, runtime, result
     The lm_head's importance is collected whenever optimising (a cheap pass through the final norm),
     also when it is not planned: a GGUF file quantizes it (or the tied embedding) itself.
     """
-    if optimize and arch.final_norm and plan.lm_head:
+    head_static = bool(static_names(act_schemes(plan.outside_layers())))
+    if (optimize or head_static) and arch.final_norm and plan.lm_head:
         weights.load(model, arch.final_norm)
         norm = get_module(model, arch.final_norm)
-        collector = ImatrixCollector()
+        collector, act_collector = ImatrixCollector(), ActMaxCollector()
         ref = next(norm.parameters())
         for start in range(0, hidden.shape[0], runtime.forward_batch_size):
             sl = slice(start, start + runtime.forward_batch_size)
-            collector.mask = None if mask is None else mask[sl]
-            collector.add(plan.lm_head, norm(hidden[sl].to(device=ref.device, dtype=ref.dtype)))
+            collector.mask = act_collector.mask = None if mask is None else mask[sl]
+            x = norm(hidden[sl].to(device=ref.device, dtype=ref.dtype))
+            collector.add(plan.lm_head, x)
+            act_collector.add(plan.lm_head, x)
         runtime.parallel.reduce_imatrix(collector.sums, collector.counts, [plan.lm_head])
-        if (head := collector.result(plan.lm_head)) is not None:
+        if (head := collector.result(plan.lm_head)) is not None and optimize:
             result.imatrix[plan.lm_head] = head
+        if head_static:
+            result.act_max[plan.lm_head] = runtime.parallel.reduce_max(act_collector.max[plan.lm_head])
         weights.drop(model, arch.final_norm)
     for p in plan.outside_layers():
         weights.load(model, p.name)
