@@ -67,11 +67,12 @@ def pow2(e: torch.Tensor) -> torch.Tensor:
 def round_element(x: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
     """``x`` (float32) rounded half to even onto ``fmt``'s grid, saturating at ``±fmt.max_value``."""
     x = x.float()
-    a = x.abs().clamp(max=fmt.max_value)
-    p = floor_log2(a).clamp(min=fmt.min_exponent)
-    step = pow2(p - fmt.mbits)
-    q = torch.round(a / step).mul_(step).clamp_(max=fmt.max_value)  # a / step: exact (a power of two)
-    return torch.where(x < 0, -q, q)
+    a = x.abs().clamp_(max=fmt.max_value)
+    # 2**p of each |x| (p never below the smallest normal exponent): the exponent bits, mantissa cleared.
+    binade = (a.clamp(min=2.0**fmt.min_exponent).view(torch.int32) & 0x7F800000).view(torch.float32)
+    step = binade.mul_(2.0**-fmt.mbits)
+    q = torch.round(a.div_(step)).mul_(step).clamp_(max=fmt.max_value)  # a / step: exact (a power of two)
+    return torch.copysign(q, x)
 
 
 def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -81,13 +82,14 @@ def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return q.detach() + (x - x.detach())
 
 
-_FP4_BOUNDS = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+# E2M1 magnitude index by 2 * |value|: 0, 0.5, 1, 1.5, 2, 3, 4, 6 -> 0..7 (-1: not on the grid).
+_FP4_INDEX = torch.tensor([0, 1, 2, 3, 4, -1, 5, -1, 6, -1, -1, -1, 7], dtype=torch.uint8)
 
 
 def fp4_codes(values: torch.Tensor) -> torch.Tensor:
     """E2M1 values (already on the grid) -> uint8 codes ``sign << 3 | magnitude index``; zero is code 0."""
-    mag = torch.bucketize(values.abs().float(), _FP4_BOUNDS.to(values.device))
-    return (mag | torch.where(values < 0, 8, 0)).to(torch.uint8)
+    mag = _FP4_INDEX.to(values.device)[(values.abs().float() * 2).long()]
+    return mag | (values < 0).to(torch.uint8) << 3
 
 
 def fp8_codes(values: torch.Tensor) -> torch.Tensor:
