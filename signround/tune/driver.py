@@ -38,7 +38,7 @@ from ..method import Start, method_for
 from ..options import option
 from ..plan import LayerPlan, QuantPlan
 from ..quant.types import QuantizedWeight
-from . import gguf_layer  # noqa: F401  (registers the "gguf" layer state)
+from . import fp_layer, gguf_layer  # noqa: F401  (register the FP/MX and "gguf" layer states)
 from .distributed import SINGLE_PROCESS, DataParallel
 from .imatrix import ImatrixCollector
 from .act_inputs import ActMaxCollector, act_schemes, quantized_inputs, static_names
@@ -124,7 +124,7 @@ class _Output:
 
 
 def _rtn_without_data(model: torch.nn.Module, plan: QuantPlan, result: QuantizeResult, weights: ModelWeights,
-                      output: _Output, show: bool) -> None:
+                      output: _Output, show: bool, fused_groups: Sequence[Sequence[str]] = ()) -> None:
     """Plain RTN: each block's tensors are read, rounded, handed to the writers and dropped; no forward pass."""
     groups = [(f"{plan.blocks_prefix}.{i}", plan.block_layers(i)) for i in range(plan.n_blocks)]
     groups += [(p.name, [p]) for p in plan.outside_layers()]
@@ -132,9 +132,13 @@ def _rtn_without_data(model: torch.nn.Module, plan: QuantPlan, result: QuantizeR
         if not layers:
             continue
         weights.load(model, prefix)
-        for p in layers:
+        local = {p.name[len(prefix) + 1:]: p for p in layers}  # names in the block (fused groups use them)
+        amax = fp_layer.shared_amax({n: (p, model.get_submodule(p.name).weight) for n, p in local.items()},
+                                    fused_groups)
+        for n, p in local.items():
             module = model.get_submodule(p.name)
-            _quantize_states([make_layer_state(p, p.name, module.weight, optimize=False)], {p.name: module}, result)
+            state = make_layer_state(p, p.name, module.weight, optimize=False, tensor_amax=amax.get(n))
+            _quantize_states([state], {p.name: module}, result)
         output.hand_over([p.name for p in layers], result)
         weights.drop(model, prefix)
 
@@ -237,7 +241,7 @@ def quantize_model(
     if not plan.quantized():
         logger.warning("the plan quantizes no layer; nothing to do")
     elif not method.needs_data:
-        _rtn_without_data(model, plan, result, weights, output, runtime.show_progress)
+        _rtn_without_data(model, plan, result, weights, output, runtime.show_progress, arch.fused_groups)
     else:
         if input_ids is None:
             raise ValueError(f"{method.label} needs calibration data (input_ids)")
@@ -291,7 +295,8 @@ def _block_loop(model, arch, plan, input_ids, attention_mask, signround, start, 
         for i in bar:
             prefix = f"{plan.blocks_prefix}.{i}"
             weights.load(model, prefix)
-            info = _quantize_block(i, blocks[i], block_args[i], plan, chain, method, start, signround, runtime, result)
+            info = _quantize_block(i, blocks[i], block_args[i], plan, chain, method, start, signround, runtime, result,
+                                   arch.fused_groups)
             if "loss_before" in info:
                 bar.set_postfix_str(f"loss {info['loss_before']:.3g}->{info['loss_after']:.3g} "
                                     f"(best it {info['best_iter']})")
@@ -347,7 +352,8 @@ def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress,
         output.hand_over(list(part.weights), result)
 
 
-def _quantize_block(i, block, block_args, plan, chain, method, start, signround, runtime, result) -> dict:
+def _quantize_block(i, block, block_args, plan, chain, method, start, signround, runtime, result,
+                    fused_groups=()) -> dict:
     """Reference pass, layer states, tuning and the chain pass of block ``i``; returns its report fields."""
     tb = time.time()
     device, tuning, optimize = runtime.device, method.tunes, start.searches
@@ -376,7 +382,10 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     act_max = {n: runtime.parallel.reduce_max(act_collector.max.get(n, torch.zeros(()))) for n in statics}
     result.act_max.update({prefix + n: m for n, m in act_max.items()})
     phases.mark("reference")
-    states = [make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize)
+    amax = fp_layer.shared_amax({local: (p, modules[local].weight) for local, p in zip(modules, layer_plans)},
+                                fused_groups)  # NVFP4: one global scale per fused q/k/v, gate/up
+    states = [make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize,
+                               tensor_amax=amax.get(local))
               for local, p in zip(modules, layer_plans)]
     result.imatrix.update({p.name: im for local, p in zip(modules, layer_plans)
                            if (im := collector.result(local)) is not None})
