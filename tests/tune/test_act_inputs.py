@@ -61,7 +61,8 @@ def _input_max(model, ids, names):
 def test_int8_w8a8_quantizes_inputs_in_memory_and_after_loading(tiny, calib_ids, tmp_path):
     model = tiny("llama")
     float_model = copy.deepcopy(model)
-    ar = AutoRound(model, None, scheme="INT8_W8A8", dataset=calib_ids, iters=2, batch_size=4, show_progress=False)
+    ar = AutoRound(model, None, scheme="INT8_W8A8", dataset=calib_ids, nsamples=8, seqlen=32, iters=2,
+                   batch_size=4, show_progress=False)
     qmodel, result = ar.quantize()
     assert result.act_max == {}  # dynamic: nothing calibrated
     out = ar.save_quantized(tmp_path, format="fake")[0]
@@ -79,7 +80,8 @@ def test_int8_w8a8_quantizes_inputs_in_memory_and_after_loading(tiny, calib_ids,
 def test_static_fp8_calibrates_every_layers_input_max(tiny, calib_ids, tmp_path):
     model = tiny("llama")
     float_model = copy.deepcopy(model)
-    ar = AutoRound(model, None, scheme="FP8_STATIC", dataset=calib_ids, iters=0, show_progress=False)
+    ar = AutoRound(model, None, scheme="FP8_STATIC", dataset=calib_ids, nsamples=8, seqlen=32, iters=0,
+                   show_progress=False)
     qmodel, result = ar.quantize()
     names = [p.name for p in ar.plan("fake").quantized()]
     assert sorted(result.act_max) == sorted(names)
