@@ -34,6 +34,7 @@ from .record import resolve_source
 from .request import QuantRequest
 from .schemes import QuantScheme
 from .tune.distributed import DataParallel
+from .tune.act_inputs import act_schemes, attach_quantized_inputs, check_static_needs_data
 from .tune.driver import QuantizeResult, quantize_model
 from .tune.resume import WorkDir, open_work_dir, remove_work_dir, run_fingerprint, work_dir_for
 
@@ -75,6 +76,7 @@ class AutoRound:
         self.calibration_source = ""
         self.calibration_rows: int | None = None
         self._work: WorkDir | None = None  # the block checkpoints this run writes (removed after the export)
+        self._act_max: dict[str, torch.Tensor] = {}  # calibrated input maxima of static-activation layers
 
     # -- set-up ---------------------------------------------------------------------------------
     @staticmethod
@@ -159,6 +161,8 @@ class AutoRound:
         if self.result is None:
             fmts = parse_formats(formats) if formats else self.request.default_formats()
             self._run_blocks(fmts, work_dir, keep=True)
+            assert self._plan is not None
+            attach_quantized_inputs(self.model, act_schemes(self._plan.quantized()), self._act_max)
         return self.model, self.result
 
     def _prepare(self, fmts: list[Format]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -167,6 +171,7 @@ class AutoRound:
         # Data parallel under torchrun (or an initialised process group): every rank tunes on 1/N of the rows.
         self.run = self.run.with_parallel(DataParallel.from_environment(self.run.runtime.device))
         self._plan = self._plan_for(fmts, self.run)
+        check_static_needs_data(act_schemes(self._plan.quantized()), self.run.method)
         logger.info("plan: %s", self._plan.summary())
         logger.debug("plan:\n%s", self._plan.table())
         logger.info("method: %s (%s start)%s; %s on %s", self.run.method.label, self.run.start.value,
@@ -189,7 +194,7 @@ class AutoRound:
         weights = replace(self.loaded.weights, keep=keep)
         self.result = quantize_model(self.model, self.arch, self._plan, input_ids, mask, self.run.tuning,
                                      start=self.run.start, runtime=self.run.runtime, work=self._work,
-                                     weights=weights, sinks=sinks, spill_dir=spill)
+                                     weights=weights, sinks=sinks, spill_dir=spill, act_max=self._act_max)
         if spill is not None and spill.is_dir() and not any(spill.iterdir()) and self._work is None:
             spill.rmdir()
         logger.info("quantized %d layers in %.1f s, peak RSS %.0f MiB", len(self.result.layers), time.time() - t0,
@@ -208,7 +213,7 @@ class AutoRound:
         assert self._plan is not None
         return ExportInput(self.model, self.tokenizer, self._plan, {}, source=self.loaded.source,
                            start=self.run.start, tensors=self.loaded.weights.source,
-                           max_shard_bytes=self.run.max_shard_bytes)
+                           max_shard_bytes=self.run.max_shard_bytes, act_max=self._act_max)
 
     def _complete(self, data: ExportInput) -> None:
         assert self.result is not None

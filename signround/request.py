@@ -43,6 +43,9 @@ class QuantRequest:
         mix = gguf_preset_mix(scheme)
         default_formats = parse_formats(f"gguf:{mix}") if mix else []
         request = cls(opts, resolved, scheme is not None, mix, resolve_run(opts, default_formats))
+        from .tune.act_inputs import check_static_needs_data
+
+        check_static_needs_data({"default scheme": resolved}, request.run.method)  # before the model loads
         from .calib import check_dataset
 
         check_dataset(request.run.dataset)  # a spec that does not parse, or a missing file

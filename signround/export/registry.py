@@ -106,8 +106,10 @@ def open_export(data: ExportInput, fmt: Format, target: "str | Path", overwrite:
     target = Path(target)
     with atomic_output_dir(target, overwrite) as tmp:
         yield writers[fmt](data, tmp)
-        write_run(tmp, {"format": fmt.value, "source_model": data.source, "settings": data.settings,
-                        "plan": data.plan.to_dict()})
+        run = {"format": fmt.value, "source_model": data.source, "settings": data.settings, "plan": data.plan.to_dict()}
+        if data.act_max:  # static activation scales, also for formats whose config cannot hold them (fake)
+            run["act_max"] = {n: float(v) for n, v in sorted(data.act_max.items())}
+        write_run(tmp, run)
         if data.log:
             (tmp / "quant_log.json").write_text(json.dumps(data.log, indent=1, default=str) + "\n")
     logger.info("wrote %s checkpoint to %s", fmt.value, target)

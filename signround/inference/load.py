@@ -16,11 +16,14 @@ import torch
 
 from ..model.loading import resolve_dtype
 from ..plan import is_linear, linear_shape
+from ..record import RUN_FILE, read_run
+from ..schemes import QuantScheme
+from ..tune.act_inputs import attach_quantized_inputs
 from .assign import assign_tensors, check_tensors
 from .backends import BACKENDS, backend_names, select_backend
 from .checkpoint import CheckpointError, QuantizedCheckpoint, read_checkpoint, read_config, read_tensors
 
-__all__ = ["load_quantized", "model_skeleton"]
+__all__ = ["load_quantized", "model_skeleton", "recorded_input_quantization"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,23 @@ def _replace_quantized(model: torch.nn.Module, ckpt: QuantizedCheckpoint, widths
                     bits, gs, "sym" if sym else "asym", why)
 
 
+def recorded_input_quantization(folder: Path) -> tuple[dict[str, QuantScheme], dict[str, torch.Tensor]]:
+    """The quantized inputs that signround.json records for a checkpoint whose config cannot say (fake format):
+    {layer: scheme} of the layers with activation quantization, and the static ones' calibrated maxima."""
+    run = read_run(folder)
+    layers = (run.get("plan") or {}).get("layers") or {}
+    schemes = {}
+    for name, entry in layers.items():
+        fields = entry.get("scheme") or {}
+        if fields.get("act_bits", 16) < 16 and fields.get("bits", 16) < 16:
+            try:
+                schemes[name] = QuantScheme(**fields)
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"{folder / RUN_FILE}: the scheme of layer {name} is not valid: {e}") from e
+    act_max = {n: torch.tensor(float(v)) for n, v in (run.get("act_max") or {}).items()}
+    return schemes, act_max
+
+
 def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None, device: str = "cpu",
                    keep_codes: bool = False, backend: str | None = None) -> torch.nn.Module:
     """Load an exported directory (auto_round, auto_gptq, auto_awq or fake) as a transformers model in eval mode.
@@ -105,6 +125,8 @@ def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None,
         tensors, where = read_tensors(folder)
         check_tensors(tensors, where, expected, model_name, quantized=False)
     assign_tensors(model, tensors, where, folder, torch_dtype)
+    schemes, act_max = (ckpt.act_schemes, ckpt.act_max) if quantized else recorded_input_quantization(folder)
+    attach_quantized_inputs(model, schemes, act_max)
     if quantized:
         logger.info("loaded %d quantized layers (%s checkpoint, %s layout) from %s", len(ckpt.layers), ckpt.method,
                     ckpt.layout.value, folder)

@@ -175,6 +175,15 @@ class DataParallel:
                 counts[n] = float(flat[pos + size])
             pos += size + 1
 
+    def reduce_max(self, value: torch.Tensor) -> torch.Tensor:
+        """The largest of every rank's 0-d ``value`` (a calibrated activation maximum)."""
+        if not self.active:
+            return value
+        t = value.detach().double().reshape(1).to(self.comm_device)
+        dist = _dist()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.cpu().float().reshape(())
+
     def barrier(self) -> None:
         if self.active:
             _dist().barrier()

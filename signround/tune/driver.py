@@ -38,9 +38,10 @@ from ..method import Start, method_for
 from ..options import option
 from ..plan import LayerPlan, QuantPlan
 from ..quant.types import QuantizedWeight
-from . import gguf_layer  # noqa: F401  (registers the "gguf" layer state)
+from . import fp_layer, gguf_layer  # noqa: F401  (register the FP/MX and "gguf" layer states)
 from .distributed import SINGLE_PROCESS, DataParallel
 from .imatrix import ImatrixCollector
+from .act_inputs import ActMaxCollector, act_schemes, quantized_inputs, static_names
 from .layer import LayerQuantizer, make_layer_state
 from .resume import BlockPart, Progress, WorkDir, load_progress, save_block
 
@@ -77,6 +78,7 @@ class QuantizeResult:
     blocks: dict[int, dict] = field(default_factory=dict)  # block index -> report fields and seconds
     layers: dict[str, dict] = field(default_factory=dict)  # layer name -> weight error and scheme
     imatrix: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> (in,) mean squared input
+    act_max: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> calibrated max |input| (static acts)
     seconds: float = 0.0
 
 
@@ -122,7 +124,7 @@ class _Output:
 
 
 def _rtn_without_data(model: torch.nn.Module, plan: QuantPlan, result: QuantizeResult, weights: ModelWeights,
-                      output: _Output, show: bool) -> None:
+                      output: _Output, show: bool, fused_groups: Sequence[Sequence[str]] = ()) -> None:
     """Plain RTN: each block's tensors are read, rounded, handed to the writers and dropped; no forward pass."""
     groups = [(f"{plan.blocks_prefix}.{i}", plan.block_layers(i)) for i in range(plan.n_blocks)]
     groups += [(p.name, [p]) for p in plan.outside_layers()]
@@ -130,9 +132,13 @@ def _rtn_without_data(model: torch.nn.Module, plan: QuantPlan, result: QuantizeR
         if not layers:
             continue
         weights.load(model, prefix)
-        for p in layers:
+        local = {p.name[len(prefix) + 1:]: p for p in layers}  # names in the block (fused groups use them)
+        amax = fp_layer.shared_amax({n: (p, model.get_submodule(p.name).weight) for n, p in local.items()},
+                                    fused_groups)
+        for n, p in local.items():
             module = model.get_submodule(p.name)
-            _quantize_states([make_layer_state(p, p.name, module.weight, optimize=False)], {p.name: module}, result)
+            state = make_layer_state(p, p.name, module.weight, optimize=False, tensor_amax=amax.get(n))
+            _quantize_states([state], {p.name: module}, result)
         output.hand_over([p.name for p in layers], result)
         weights.drop(model, prefix)
 
@@ -159,16 +165,17 @@ def _split_rows(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return order[n_val:], order[:n_val]
 
 
-def _forward_rows(block, hidden, out, block_args, rows_per_batch, device, imatrix=None, mask=None,
+def _forward_rows(block, hidden, out, block_args, rows_per_batch, device, collectors=(), mask=None,
                   autocast_dtype=None) -> None:
     """out[rows] = block(hidden[rows]) for every row, batch by batch (out may be hidden itself).
 
     The block runs in float32 whatever dtype the rows are cached in (``RowStore``s cast on write).
+    ``collectors`` (importance, activation maxima) are told which rows' tokens are real (``mask``).
     """
     for start in range(0, hidden.shape[0], rows_per_batch):
         sl = slice(start, start + rows_per_batch)
-        if imatrix is not None:
-            imatrix.mask = None if mask is None else mask[sl]
+        for c in collectors:
+            c.mask = None if mask is None else mask[sl]
         with _autocast(device, autocast_dtype):
             y = run_block(block, hidden[sl].to(device=device, dtype=torch.float32), block_args)
         out[sl] = y.to(out.device, out.dtype)
@@ -205,6 +212,7 @@ def quantize_model(
     weights: ModelWeights | None = None,
     sinks: Sequence["ExportSink"] = (),
     spill_dir: "str | Path | None" = None,
+    act_max: "dict[str, torch.Tensor] | None" = None,
 ) -> QuantizeResult:
     """Quantize every planned layer of ``model``; return the codes and a per-block report.
 
@@ -218,19 +226,22 @@ def quantize_model(
     Cached activations take at most ``runtime.max_memory`` bytes of RAM (default: half the available RAM);
     beyond that they spill to files in ``spill_dir`` (default: the system's temporary directory).
 
+    ``act_max``: the dict that receives the calibrated input maxima of static-activation layers as their
+    blocks finish (the writers' ``ExportInput.act_max``, so a streamed sink has them when it packs the layer).
+
     ``work`` (``tune/resume.py``, opened for this very run): every finished block is checkpointed there,
     and the blocks it already holds are restored from their codes instead of being run again; the loop
     continues from the next one with the saved inputs (single process only).
     """
     t0 = time.time()
-    result = QuantizeResult()
+    result = QuantizeResult(act_max={} if act_max is None else act_max)
     weights = weights or ModelWeights.in_memory(model)
     output = _Output(sinks, keep_codes=weights.keep or not weights.streamed)
     method, _ = method_for(signround.iters, start is Start.MINMAX)
     if not plan.quantized():
         logger.warning("the plan quantizes no layer; nothing to do")
     elif not method.needs_data:
-        _rtn_without_data(model, plan, result, weights, output, runtime.show_progress)
+        _rtn_without_data(model, plan, result, weights, output, runtime.show_progress, arch.fused_groups)
     else:
         if input_ids is None:
             raise ValueError(f"{method.label} needs calibration data (input_ids)")
@@ -284,7 +295,8 @@ def _block_loop(model, arch, plan, input_ids, attention_mask, signround, start, 
         for i in bar:
             prefix = f"{plan.blocks_prefix}.{i}"
             weights.load(model, prefix)
-            info = _quantize_block(i, blocks[i], block_args[i], plan, chain, method, start, signround, runtime, result)
+            info = _quantize_block(i, blocks[i], block_args[i], plan, chain, method, start, signround, runtime, result,
+                                   arch.fused_groups)
             if "loss_before" in info:
                 bar.set_postfix_str(f"loss {info['loss_before']:.3g}->{info['loss_after']:.3g} "
                                     f"(best it {info['best_iter']})")
@@ -316,7 +328,8 @@ def _block_part(plan: QuantPlan, i: int, result: QuantizeResult) -> BlockPart:
     """What block ``i`` added to ``result``: its layers' codes and records, its report fields, its imatrices."""
     names = [p.name for p in plan.block_layers(i)]
     return BlockPart(weights={n: result.weights[n] for n in names}, layers={n: result.layers[n] for n in names},
-                     info=result.blocks[i], imatrix={n: result.imatrix[n] for n in names if n in result.imatrix})
+                     info=result.blocks[i], imatrix={n: result.imatrix[n] for n in names if n in result.imatrix},
+                     act_max={n: result.act_max[n] for n in names if n in result.act_max})
 
 
 def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress, result: QuantizeResult,
@@ -334,11 +347,13 @@ def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress,
         result.weights.update(part.weights)
         result.layers.update(part.layers)
         result.imatrix.update(part.imatrix)
+        result.act_max.update(part.act_max)
         result.blocks[i] = part.info
         output.hand_over(list(part.weights), result)
 
 
-def _quantize_block(i, block, block_args, plan, chain, method, start, signround, runtime, result) -> dict:
+def _quantize_block(i, block, block_args, plan, chain, method, start, signround, runtime, result,
+                    fused_groups=()) -> dict:
     """Reference pass, layer states, tuning and the chain pass of block ``i``; returns its report fields."""
     tb = time.time()
     device, tuning, optimize = runtime.device, method.tunes, start.searches
@@ -353,16 +368,24 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     prefix = f"{plan.blocks_prefix}.{i}."
     modules = {p.name[len(prefix):]: block.get_submodule(p.name[len(prefix):]) for p in layer_plans}
 
-    collector = ImatrixCollector()
+    collector, act_collector = ImatrixCollector(), ActMaxCollector()
+    acts = act_schemes(layer_plans, prefix)  # layers whose inputs are quantized (local names)
     targets = chain.fp if not tuning or signround.enable_quanted_input else chain.fp.empty_like("float targets")
     inputs_for_tuning = chain.q if signround.enable_quanted_input else chain.fp
     phases = _Phases()
-    with torch.no_grad(), collector.watch(modules if optimize else {}):
-        _forward_rows(block, chain.fp, targets, args_i, rows, device, collector, chain.mask, pass_autocast)
+    statics = {n: modules[n] for n in static_names(acts)}
+    with torch.no_grad(), collector.watch(modules if optimize else {}), act_collector.watch(statics):
+        _forward_rows(block, chain.fp, targets, args_i, rows, device, (collector, act_collector), chain.mask,
+                      pass_autocast)
     if optimize:
         runtime.parallel.reduce_imatrix(collector.sums, collector.counts, list(modules))
+    act_max = {n: runtime.parallel.reduce_max(act_collector.max.get(n, torch.zeros(()))) for n in statics}
+    result.act_max.update({prefix + n: m for n, m in act_max.items()})
     phases.mark("reference")
-    states = [make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize)
+    amax = fp_layer.shared_amax({local: (p, modules[local].weight) for local, p in zip(modules, layer_plans)},
+                                fused_groups)  # NVFP4: one global scale per fused q/k/v, gate/up
+    states = [make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize,
+                               tensor_amax=amax.get(local))
               for local, p in zip(modules, layer_plans)]
     result.imatrix.update({p.name: im for local, p in zip(modules, layer_plans)
                            if (im := collector.result(local)) is not None})
@@ -370,13 +393,14 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     report: BlockReport | None = None
     if tuning and states:
         block.requires_grad_(False)
-        report = tune_block(block, states, inputs_for_tuning, targets, args_i, chain.mask, chain.train_idx,
-                            chain.val_idx, signround, device, autocast_dtype=autocast, parallel=runtime.parallel,
-                            n_rows=chain.n_rows)
+        with quantized_inputs(modules, acts, act_max):
+            report = tune_block(block, states, inputs_for_tuning, targets, args_i, chain.mask, chain.train_idx,
+                                chain.val_idx, signround, device, autocast_dtype=autocast, parallel=runtime.parallel,
+                                n_rows=chain.n_rows)
         phases.mark("tune")
     _quantize_states(states, modules, result)
     if chain.q is not None:
-        with torch.no_grad():
+        with torch.no_grad(), quantized_inputs(modules, acts, act_max):
             _forward_rows(block, chain.q, chain.q, args_i, rows, device, autocast_dtype=pass_autocast)
     phases.mark("chain")
     if targets is not chain.fp:
@@ -399,18 +423,23 @@ def _quantize_outside(model, arch, plan, hidden, mask, optimize, runtime, result
     The lm_head's importance is collected whenever optimising (a cheap pass through the final norm),
     also when it is not planned: a GGUF file quantizes it (or the tied embedding) itself.
     """
-    if optimize and arch.final_norm and plan.lm_head:
+    head_static = bool(static_names(act_schemes(plan.outside_layers())))
+    if (optimize or head_static) and arch.final_norm and plan.lm_head:
         weights.load(model, arch.final_norm)
         norm = get_module(model, arch.final_norm)
-        collector = ImatrixCollector()
+        collector, act_collector = ImatrixCollector(), ActMaxCollector()
         ref = next(norm.parameters())
         for start in range(0, hidden.shape[0], runtime.forward_batch_size):
             sl = slice(start, start + runtime.forward_batch_size)
-            collector.mask = None if mask is None else mask[sl]
-            collector.add(plan.lm_head, norm(hidden[sl].to(device=ref.device, dtype=ref.dtype)))
+            collector.mask = act_collector.mask = None if mask is None else mask[sl]
+            x = norm(hidden[sl].to(device=ref.device, dtype=ref.dtype))
+            collector.add(plan.lm_head, x)
+            act_collector.add(plan.lm_head, x)
         runtime.parallel.reduce_imatrix(collector.sums, collector.counts, [plan.lm_head])
-        if (head := collector.result(plan.lm_head)) is not None:
+        if (head := collector.result(plan.lm_head)) is not None and optimize:
             result.imatrix[plan.lm_head] = head
+        if head_static:
+            result.act_max[plan.lm_head] = runtime.parallel.reduce_max(act_collector.max[plan.lm_head])
         weights.drop(model, arch.final_norm)
     for p in plan.outside_layers():
         weights.load(model, p.name)

@@ -145,15 +145,19 @@ def make_layer_state(
     weight: torch.Tensor,
     imatrix: torch.Tensor | None = None,
     optimize: bool = True,
+    tensor_amax: torch.Tensor | None = None,
 ) -> LayerQuantizer:
     """The state of one layer for its scheme's data type, starting from optimised RTN (or plain RTN).
 
-    ``weight`` is in the module's layout; ``imatrix`` is (in_features,) mean squared input activation.
+    ``weight`` is in the module's layout; ``imatrix`` is (in_features,) mean squared input activation;
+    ``tensor_amax`` (NVFP4 only) is the max |w| of the fused group whose global scale the layer shares.
     """
     builder = _BUILDERS.get(plan.scheme.data_type)
     if builder is None:
         raise ValueError(f"no quantizer for data_type {plan.scheme.data_type!r} (layer {plan.name}); "
                          f"known: {', '.join(sorted(_BUILDERS))}")
+    if tensor_amax is not None:
+        return builder(plan, local_name, weight, imatrix, optimize, tensor_amax=tensor_amax)
     return builder(plan, local_name, weight, imatrix, optimize)
 
 

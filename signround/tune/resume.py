@@ -30,7 +30,7 @@ import os
 import re
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class BlockPart:
     layers: dict[str, dict]  # per-layer report records
     info: dict  # the block's report fields
     imatrix: dict[str, torch.Tensor]  # importance matrices of its layers
+    act_max: dict[str, torch.Tensor] = field(default_factory=dict)  # calibrated input maxima (static activations)
 
 
 @dataclass
