@@ -31,7 +31,7 @@ from .packing import pack_bits
 
 __all__ = ["QUANT_METHOD", "PACK_QUANTIZED", "INT_QUANTIZED", "FLOAT_QUANTIZED", "MXFP8_QUANTIZED", "MXFP4_PACKED",
            "NVFP4_PACKED", "MIXED", "FP8_MAX", "FP4_MAX", "ct_format", "weight_args", "input_args", "layer_tensors",
-           "static_input_tensors", "ct_pack", "ct_unpack", "LAYER_TENSORS"]
+           "static_input_tensors", "static_act_max", "ct_pack", "ct_unpack", "LAYER_TENSORS"]
 
 QUANT_METHOD = "compressed-tensors"
 PACK_QUANTIZED = "pack-quantized"
@@ -183,7 +183,35 @@ def static_input_tensors(scheme, act_max: torch.Tensor) -> dict[str, torch.Tenso
     """``input_scale`` (FP8) or ``input_global_scale`` (NVFP4) of a layer with static activations."""
     amax = act_max.detach().float().reshape(1)
     if scheme.act_dtype == "fp":
-        return {"input_scale": amax / FP8_MAX}
+        return {"input_scale": _fp8_input_scale(amax)}
     if scheme.act_dtype == "nv_fp":
-        return {"input_global_scale": FP8_MAX * FP4_MAX / amax}
+        return {"input_global_scale": _nvfp4_input_global_scale(amax)}
     raise ValueError(f"no static activation tensors for {scheme.act_dtype} ({scheme.short_name()})")
+
+
+def _fp8_input_scale(amax: torch.Tensor) -> torch.Tensor:
+    return amax / FP8_MAX
+
+
+def _nvfp4_input_global_scale(amax: torch.Tensor) -> torch.Tensor:
+    return FP8_MAX * FP4_MAX / amax
+
+
+def static_act_max(scheme, stored: torch.Tensor) -> torch.Tensor:
+    """The 0-d float32 act max whose stored form (``static_input_tensors``) is exactly ``stored``.
+
+    ``input_scale * 448`` or ``448 * 6 / input_global_scale`` rounded in float32 can be one ulp off the max
+    the writer had, so the activation quantizer would recompute a scale one ulp off the file's; the float32
+    neighbours of that estimate are searched for the one that reproduces the stored value exactly.
+    """
+    forward = _fp8_input_scale if scheme.act_dtype == "fp" else _nvfp4_input_global_scale
+    target = stored.detach().float().reshape(())
+    guess = target * FP8_MAX if scheme.act_dtype == "fp" else FP8_MAX * FP4_MAX / target
+    below = above = guess
+    for _ in range(4):
+        for cand in (below, above):
+            if torch.equal(forward(cand), target):
+                return cand
+        below = torch.nextafter(below, torch.tensor(-math.inf))
+        above = torch.nextafter(above, torch.tensor(math.inf))
+    return guess

@@ -218,12 +218,10 @@ class _Reader:
     def act_max(self, name: str, scheme: QuantScheme) -> torch.Tensor | None:
         if not scheme.quantizes_activations or scheme.act_dynamic:
             return None
-        if scheme.act_dtype == "fp":
-            return (self.take(name, "input_scale", torch.float32, None).reshape(()) * ct.FP8_MAX).float()
-        if scheme.act_dtype == "nv_fp":
-            gs = self.take(name, "input_global_scale", torch.float32, None).reshape(())
-            return (ct.FP8_MAX * ct.FP4_MAX / gs).float()
-        raise CheckpointError(f"{self.at_config}: static {scheme.act_dtype} activations of {name} are not supported")
+        key = {"fp": "input_scale", "nv_fp": "input_global_scale"}.get(scheme.act_dtype)
+        if key is None:
+            raise CheckpointError(f"{self.at_config}: static {scheme.act_dtype} activations of {name} are not supported")
+        return ct.static_act_max(scheme, self.take(name, key, torch.float32, (1,)))
 
 
 def read_compressed_tensors(folder: Path, config: dict[str, Any],

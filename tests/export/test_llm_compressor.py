@@ -24,6 +24,7 @@ from signround.model.arch import arch_facts
 from signround.plan import build_plan
 from signround.quant.fp_types import FPQuantized
 from signround.schemes import resolve_scheme
+from signround.tune.act_inputs import act_schemes, attach_quantized_inputs
 from tests.helpers import logits, quantize_tiny
 
 FMT = Format.LLM_COMPRESSOR
@@ -139,15 +140,26 @@ def handmade_fp(model, preset: str, seed: int = 1, **plan_kw):
     return plan, weights, act_max
 
 
-def export_handmade(model, preset, folder, **plan_kw):
+def quantize_inputs(model, plan, act_max) -> int:
+    """Our in-memory model with its inputs fake-quantized as ``quantize()`` leaves it (``attach_quantized_inputs``)."""
+    return attach_quantized_inputs(model, act_schemes(plan.quantized()), act_max)
+
+
+def export_handmade(model, preset, folder, inputs: bool = False, **plan_kw):
+    """Write hand-made FP layers; ``inputs``: then make the in-memory model quantize its inputs too."""
     plan, weights, act_max = handmade_fp(model, preset, **plan_kw)
     out = export_model(ExportInput(model, None, plan, weights, source="tiny", act_max=act_max), FMT, folder)
+    if inputs:
+        quantize_inputs(model, plan, act_max)
     return out, plan, weights
 
 
-def export_int(model, ids, scheme, folder, **plan_kw):
+def export_int(model, ids, scheme, folder, inputs: bool = False, **plan_kw):
     plan, result = quantize_tiny(model, ids, scheme, iters=0, formats=(FMT,), **plan_kw)
-    out = export_model(ExportInput(model, None, plan, result.weights, source="tiny"), FMT, folder)
+    out = export_model(ExportInput(model, None, plan, result.weights, source="tiny", act_max=result.act_max), FMT,
+                       folder)
+    if inputs:
+        quantize_inputs(model, plan, result.act_max)
     return out, plan, result.weights
 
 
@@ -175,7 +187,7 @@ def test_int32_packing_is_compressed_tensors_dense_bitstream(bits, n):
                          ids=["w4g128", "w8g128", "w3g32", "w2g32", "w4gc", "w4gt", "int8_w8a8"])
 def test_int_round_trip_is_exact(scheme, tiny, calib_ids, tmp_path):
     model = tiny("llama")
-    out, plan, weights = export_int(model, calib_ids, scheme, tmp_path / "q")
+    out, plan, weights = export_int(model, calib_ids, scheme, tmp_path / "q", inputs=True)
     qc = quant_config(out)
     ck = read_checkpoint(out)
     for name, qw in weights.items():
@@ -223,7 +235,7 @@ def test_all_linears_quantized_target_linear_with_empty_ignore(tiny, calib_ids, 
 @pytest.mark.parametrize("preset", FP_PRESETS)
 def test_fp_layouts_decode_independently_and_round_trip(preset, tiny, calib_ids, tmp_path):
     model = tiny("llama")
-    out, plan, weights = export_handmade(model, preset, tmp_path / "q")
+    out, plan, weights = export_handmade(model, preset, tmp_path / "q", inputs=True)
     qc = quant_config(out)
     assert qc["ignore"] == ["lm_head"]  # lm_head stays float: never "ignore": []
     ck = read_checkpoint(out)
@@ -337,3 +349,37 @@ def test_list_format_shows_the_row_with_data_types(capsys):
     assert "data types" in header
     row = next(line for line in out.splitlines() if line.startswith("llm_compressor "))
     assert "fp,int,mx_fp,nv_fp" in row and "2,3,4,8" in row and " sym " in row and "compressed-tensors" in row
+
+
+@pytest.mark.parametrize("preset", FP_PRESETS)
+def test_fp_presets_end_to_end_through_our_loader(preset, tiny, calib_ids, tmp_path):
+    """signround's own FP quantizers (and calibrated static maxima) -> llm_compressor -> load_quantized: the
+    codes, scales, static maxima and the logits (inputs quantized on both sides) come back exactly."""
+    model = tiny("llama")
+    out, plan, weights = export_int(model, calib_ids, preset, tmp_path / "q", inputs=True)
+    ck = read_checkpoint(out)
+    qc = quant_config(out)
+    for name, fq in weights.items():
+        assert isinstance(fq, FPQuantized) and fq.data_type == resolve_scheme(preset).data_type
+        back = ck.layers[name]
+        assert torch.equal(back.codes, fq.codes) and torch.equal(back.scale, fq.scale), name
+        assert torch.allclose(decode_layer(stored(out, name), group_of(qc, name)), fq.dequantize().double(),
+                              rtol=1e-6, atol=0), name
+    static = not resolve_scheme(preset).act_dynamic and resolve_scheme(preset).quantizes_activations
+    assert bool(ck.act_max) == static
+    _, result = quantize_tiny(tiny("llama"), calib_ids, preset, iters=0, formats=(FMT,))
+    for name, amax in ck.act_max.items():  # FP8: input_scale * 448; NVFP4: 448 * 6 / input_global_scale
+        assert float(amax) == pytest.approx(float(result.act_max[name]), rel=1e-6), name
+    assert torch.equal(logits(load_quantized(out), calib_ids), logits(model, calib_ids))
+
+
+@pytest.mark.parametrize("preset", ["FP8_STATIC", "NVFP4"])
+def test_static_act_max_reproduces_the_stored_scale_exactly(preset):
+    scheme = resolve_scheme(preset)
+    key = "input_scale" if preset == "FP8_STATIC" else "input_global_scale"
+    g = torch.Generator().manual_seed(3)
+    for amax in torch.rand(500, generator=g) * 50 + 1e-3:
+        stored_value = ct.static_input_tensors(scheme, amax)[key]
+        back = ct.static_act_max(scheme, stored_value)
+        assert torch.equal(ct.static_input_tensors(scheme, back)[key], stored_value)
+        assert abs(float(back) - float(amax)) <= 2e-7 * float(amax)
