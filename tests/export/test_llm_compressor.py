@@ -296,6 +296,8 @@ def test_support_matrix_refuses_what_compressed_tensors_cannot_hold(tiny):
         assert check_layer(FMT, resolve_scheme(preset), "x", shape) is None, preset
     assert "mx_int" in check_layer(FMT, resolve_scheme("MXINT4"), "model.layers.0.mlp.up_proj", shape)
     assert "model.layers.0.mlp.up_proj" in check_layer(FMT, resolve_scheme("MXINT4"), "model.layers.0.mlp.up_proj", shape)
+    rceil = check_layer(FMT, resolve_scheme("MXFP4", data_type="mx_fp_rceil"), "model.layers.1.mlp.down_proj", shape)
+    assert "mx_fp_rceil" in rceil and "model.layers.1.mlp.down_proj" in rceil
     assert "only sym" in check_layer(FMT, resolve_scheme("W4A16", sym=False), "l", shape)
     assert "bits" in check_layer(FMT, resolve_scheme("W4A16", bits=5), "l", shape)
     assert "divide" in check_layer(FMT, resolve_scheme("W4A16", group_size=128), "l", (128, 192))
