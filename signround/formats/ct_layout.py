@@ -4,14 +4,19 @@ Facts from compressed-tensors 0.20.1 (``compressors/``, ``quantization/quant_arg
 Shared by the writer (``export/llm_compressor.py``) and the reader (``inference/compressed_tensors.py``), so the
 two cannot disagree. Tensors of a quantized Linear ``<layer>`` (``N`` out, ``K`` in features):
 
-| format | tensors |
-|---|---|
-| ``pack-quantized`` (int, weights only) | ``weight_packed`` int32 (N, ceil(K*bits/32)): signed ``q + 2**(bits-1)`` = our unsigned code, one little-endian bit stream per row (32 codes in ``bits`` words); ``weight_scale`` (N, G); ``weight_shape`` int64 [N, K]; asym: ``weight_zero_point`` int32 (ceil(N*bits/32), G), zero points packed along the output dim the same way |
-| ``int-quantized`` (int with int activations) | ``weight`` int8 (N, K) = code - 2**(bits-1); ``weight_scale`` (N, G); asym: ``weight_zero_point`` int8 (N, G) = zero - 2**(bits-1) |
-| ``float-quantized`` (FP8) | ``weight`` float8_e4m3fn (N, K); ``weight_scale`` fp32: (1,) tensor, (N, 1) channel, (N, G) group, (ceil(N/r), ceil(K/c)) block |
-| ``mxfp8-quantized`` | ``weight`` float8_e4m3fn (N, K); ``weight_scale`` uint8 E8M0 (N, K/32) |
-| ``mxfp4-pack-quantized`` | ``weight_packed`` uint8 (N, K/2), element 2k in the low nibble; ``weight_scale`` uint8 E8M0 (N, K/32) |
-| ``nvfp4-pack-quantized`` | ``weight_packed`` as MXFP4; ``weight_scale`` float8_e4m3fn (N, K/16); ``weight_global_scale`` fp32 (1,) |
+- ``pack-quantized`` (int, weights only): ``weight_packed`` int32 (N, ceil(K*bits/32)), the signed
+  ``q + 2**(bits-1)`` (= our unsigned code) as one little-endian bit stream per row (32 codes in ``bits``
+  words); ``weight_scale`` (N, G); ``weight_shape`` int64 [N, K]. (Asym adds ``weight_zero_point`` int32
+  (ceil(N*bits/32), G), packed along the output dim; read, never written: see ``formats/support.py``.)
+- ``int-quantized`` (int with int activations): ``weight`` int8 (N, K) = code - 2**(bits-1); ``weight_scale``
+  (N, G) (asym: ``weight_zero_point`` int8 (N, G) = zero - 2**(bits-1)).
+- ``float-quantized`` (FP8): ``weight`` float8_e4m3fn (N, K); ``weight_scale`` fp32: (1,) per tensor, (N, 1)
+  per channel, (N, G) per group, (ceil(N/r), ceil(K/c)) per r x c block.
+- ``mxfp8-quantized``: ``weight`` float8_e4m3fn (N, K); ``weight_scale`` uint8 E8M0 (N, K/32).
+- ``mxfp4-pack-quantized``: ``weight_packed`` uint8 (N, K/2), element 2k in the low nibble; ``weight_scale``
+  uint8 E8M0 (N, K/32).
+- ``nvfp4-pack-quantized``: ``weight_packed`` as MXFP4; ``weight_scale`` float8_e4m3fn (N, K/16);
+  ``weight_global_scale`` fp32 (1,).
 
 Dequantization (compressed-tensors ``_dequantize``): ``w = (q - zp) * scale / global_scale``; a negative int scale
 (our full-range sym) is multiplied like any other, so it reproduces our weights exactly. Static activations add

@@ -125,7 +125,8 @@ class _Reader:
         score, i = max(scored, key=lambda s: (s[0], -s[1]))
         return self.groups[i] if score else None
 
-    def take(self, name: str, key: str, dtype: "torch.dtype | tuple[torch.dtype, ...]", shape: tuple | None) -> torch.Tensor:
+    def take(self, name: str, key: str, dtype: "torch.dtype | tuple[torch.dtype, ...]",
+             shape: tuple | None) -> torch.Tensor:
         full = f"{name}.{key}"
         if full not in self.tensors:
             anchor = self.where.get(f"{name}.weight_scale", str(self.folder))
@@ -166,8 +167,8 @@ class _Reader:
         if scheme.group_size == 0 and scale.numel() == 1:
             scale = scale.reshape(1, 1).expand(out_f, 1)
         if tuple(scale.shape) != (out_f, n_groups):
-            raise CheckpointError(f"{self.where[name + '.weight_packed' if fmt == ct.PACK_QUANTIZED else name + '.weight']}"
-                                  f": {name}.weight_scale has shape {tuple(scale.shape)}, expected {(out_f, n_groups)}")
+            raise CheckpointError(f"{self.where[name + '.weight_scale']}: {name}.weight_scale has shape "
+                                  f"{tuple(scale.shape)}, expected {(out_f, n_groups)}")
         if fmt == ct.PACK_QUANTIZED:
             words = self.take(name, "weight_packed", torch.int32, (out_f, -(-in_f * bits // 32)))
             codes = ct.ct_unpack(words, bits, dim=1, length=in_f)
@@ -210,7 +211,7 @@ class _Reader:
         else:
             scale = e8m0_decode(self.take(name, "weight_scale", torch.uint8, grid))
         if tuple(scale.shape) != grid:
-            raise CheckpointError(f"{self.where[name + '.weight']}: {name}.weight_scale has shape "
+            raise CheckpointError(f"{self.where[name + '.weight_scale']}: {name}.weight_scale has shape "
                                   f"{tuple(scale.shape)}, expected {grid}")
         return FPQuantized(codes.contiguous(), scale.contiguous(), scheme.data_type, scheme.bits, gs, rows,
                            global_scale)
@@ -220,7 +221,8 @@ class _Reader:
             return None
         key = {"fp": "input_scale", "nv_fp": "input_global_scale"}.get(scheme.act_dtype)
         if key is None:
-            raise CheckpointError(f"{self.at_config}: static {scheme.act_dtype} activations of {name} are not supported")
+            raise CheckpointError(f"{self.at_config}: static {scheme.act_dtype} activations of {name} are not "
+                                  f"supported")
         return ct.static_act_max(scheme, self.take(name, key, torch.float32, (1,)))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.export.test_llm_compressor import FP_PRESETS, export_handmade, export_int, quantize_inputs
+from tests.export.test_llm_compressor import FP_PRESETS, export_handmade, export_int
 from tests.helpers import logits
 from tests.interop.common import assert_close, needs
 
@@ -292,3 +292,31 @@ def test_vllm_cpu_serves_llm_compressor(scheme, tiny, calib_ids, tmp_path):
     spread = (ours - ours.mean()).abs().mean()
     print(f"vLLM llm_compressor: mean |dlogprob| {float(delta.mean()):.4f}, spread {float(spread):.4f}")
     assert float(delta.mean()) < 0.1 * float(spread)
+
+
+def test_our_reader_decodes_compressed_tensors_packed_asym_zero_points(tiny, calib_ids, tmp_path):
+    """Asym pack-quantized (which we never write) as compressed-tensors' own packer lays it out: zero points
+    packed along the output dim by ``pack_to_int32``, signed codes offset by 2**(bits-1)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    from signround.inference.checkpoint import read_checkpoint
+
+    out, _, weights = export_int(tiny("llama"), calib_ids, "W4A16", tmp_path / "q")
+    name = "model.layers.0.mlp.up_proj"
+    qw = weights[name]
+    zero = torch.randint(0, 16, qw.zero.shape, generator=torch.Generator().manual_seed(5)).to(torch.uint8)
+    path = out / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors[f"{name}.weight_zero_point"] = pack_to_int32((zero.to(torch.int16) - 8).to(torch.int8), 4, packed_dim=0)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    cfg = json.loads((out / "config.json").read_text())
+    qc = cfg["quantization_config"]
+    group = qc["config_groups"]["group_0"]
+    group["targets"].remove(name)
+    qc["config_groups"]["group_1"] = {**group, "targets": [name], "weights": {**group["weights"], "symmetric": False}}
+    (out / "config.json").write_text(json.dumps(cfg))
+    back = read_checkpoint(out).layers[name]
+    assert torch.equal(back.zero, zero) and torch.equal(back.codes, qw.codes) and not back.sym
