@@ -193,7 +193,10 @@ def decode_fp_layer(name: str, scheme: QuantScheme, tensors: dict[str, torch.Ten
             raise CheckpointError(f"{r.at('weight_global_scale')} has {gscale.numel()} values, expected 1")
         _positive(gscale, r.at("weight_global_scale"))
         return FPQuantized(codes, scale, "nv_fp", 4, gs, 1, gscale.reshape(()))
-    scale = e8m0_decode(r.get("weight_scale", torch.uint8, scale_shape, "E8M0 exponent + 127 per 32"))
+    stored = r.get("weight_scale", torch.uint8, scale_shape, "E8M0 exponent + 127 per 32")
+    if bool((stored == 255).any()):
+        raise CheckpointError(f"{r.at('weight_scale')} holds {int((stored == 255).sum())} E8M0 NaN byte(s) (255)")
+    scale = e8m0_decode(stored)
     if dt == "mx_int":
         if bits != 4:
             raise CheckpointError(f"{r.at('weight_packed')}: auto_round MXINT layers are 4-bit, the config says {bits}")
