@@ -14,6 +14,7 @@ reference applies the static FP8 input quantization with the act_max our reader 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -30,7 +31,7 @@ if __name__ == "__main__":  # run as a script by the fixture below: no pytest pl
 from signround.inference.checkpoint import read_checkpoint  # noqa: E402
 from signround.inference.load import load_quantized  # noqa: E402
 from signround.schemes import resolve_scheme  # noqa: E402
-from tests.export.test_auto_round_fp import decode, export_fp  # noqa: E402
+from tests.export.test_auto_round_fp import decode, export_fp, weights_only  # noqa: E402
 from tests.helpers import logits  # noqa: E402
 from tests.interop.common import assert_close, needs  # noqa: E402
 
@@ -119,7 +120,7 @@ def test_our_fp_export_in_autoround_loader(preset, tiny, calib_ids, tmp_path):
             assert torch.allclose(got, want, rtol=2**-7, atol=0), name
         else:
             assert torch.allclose(got, want, rtol=1e-6, atol=0), f"{name}: max diff {(got - want).abs().max()}"
-    ours = load_quantized(out)
+    ours = weights_only(load_quantized(out))
     rel = 0.02 if preset == "FP8_STATIC" else 1e-4
     assert_close(logits(ar, calib_ids), logits(ours, calib_ids), rel_max=rel, argmax_min=0.97)
     if preset == "NVFP4":  # its global input scale is ours, bit for bit
@@ -224,9 +225,30 @@ def test_autoround_fp_export_in_our_loader(case, ar_fp_outputs, calib_ids):
         got, ours = _ar_weight(ar.get_submodule(name)), qw.dequantize(torch.float32)
         tol = 2**-7 if preset == "FP8_STATIC" else 1e-6
         assert torch.allclose(got, ours, rtol=tol, atol=0), f"{name}: max diff {(got - ours).abs().max()}"
-    ours_model = load_quantized(folder)
+    ours_model = weights_only(load_quantized(folder))
     rel = 0.02 if preset == "FP8_STATIC" else 1e-4
     assert_close(logits(ours_model, calib_ids), logits(ar, calib_ids), rel_max=rel, argmax_min=0.97)
+
+
+
+def _loader_quantizes_inputs() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("signround.quant.act", "signround.tune.act_inputs"))
+
+
+ACT_REL = {"mxfp4": 0.05, "mxfp8": 0.02, "mxint4": 0.05, "nvfp4": 0.05, "fp8_static": 0.03}
+
+
+@pytest.mark.skipif(not _loader_quantizes_inputs(), reason="this tree's load_quantized does not quantize layer inputs "
+                                                          "(needs signround/quant/act.py and tune/act_inputs.py)")
+@pytest.mark.parametrize("case", list(ACT_REL))
+def test_autoround_fp_export_with_quantized_inputs_matches_autoround(case, ar_fp_outputs, calib_ids):
+    """Both loaders as they are, inputs quantized (ours from act_schemes / act_max the reader returns)."""
+    folder = ar_fp_outputs[case]
+    ours, ar = load_quantized(folder), _autoround_model(folder, act_quant=True)
+    got, want = logits(ours, calib_ids), logits(ar, calib_ids)
+    assert_close(got, want, rel_max=ACT_REL[case], argmax_min=0.9)
+    weight_only = logits(weights_only(load_quantized(folder)), calib_ids)
+    assert not torch.allclose(got, weight_only, rtol=1e-4)  # our inputs were quantized
 
 
 if __name__ == "__main__":
