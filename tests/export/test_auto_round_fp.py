@@ -361,3 +361,36 @@ def test_fp_tensors_on_a_layer_the_config_keeps_float(mxfp4_export):
     path.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=rf"{LAYER} has FP tensors .* says it stays in float"):
         load_quantized(mxfp4_export)
+
+
+def _fp_quantizers_present() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("signround.tune.fp_layer", "signround.quant.act", "signround.tune.act_inputs"))
+
+
+@pytest.mark.skipif(not _fp_quantizers_present(), reason="the FP quantizers (tune/fp_layer.py, quant/act.py) and "
+                                                         "activation wiring (tune/act_inputs.py) are not in this tree")
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_quantized_tiny_model_round_trips_exactly(preset, tiny, calib_ids, tmp_path):
+    """End to end: SignRound (2 iterations) on the FP preset, auto_round export, our loader: same codes, same
+    logits as the quantized model in memory with its inputs quantized the same way."""
+    from signround.tune.act_inputs import act_schemes, attach_quantized_inputs
+    from tests.helpers import quantize_tiny
+
+    model = tiny("llama")
+    plan, result = quantize_tiny(model, calib_ids, preset, iters=2)
+    data = ExportInput(model, None, plan, result.weights, source="tiny", act_max=result.act_max)
+    out = export_model(data, Format.AUTO_ROUND, tmp_path / "q")
+    loaded = load_quantized(out, keep_codes=True)
+    for name, qw in result.weights.items():
+        back = loaded.get_submodule(name).quantized
+        assert isinstance(qw, FPQuantized) and torch.equal(back.codes, qw.codes), name
+        assert torch.equal(back.dequantize(), qw.dequantize()), name
+    ckpt = read_checkpoint(out)
+    assert set(ckpt.act_max) == set(result.act_max)
+    for name, amax in result.act_max.items():  # NVFP4 stores 448 * 6 / act_max: read back to within rounding
+        assert torch.allclose(ckpt.act_max[name], amax.float(), rtol=1e-6, atol=0), name
+    attach_quantized_inputs(model, act_schemes(plan.quantized()), ckpt.act_max)
+    assert torch.equal(logits(loaded, calib_ids), logits(model, calib_ids))
