@@ -237,7 +237,7 @@ def _loader_quantizes_inputs() -> bool:
 
 # fp8_static: both compute in bf16 (its config says bfloat16), which alone moves these logits ~0.04;
 # test_our_fp8_static_activation_scales_in_autoround_loader is the sharp, layer-level check
-ACT_REL = {"mxfp4": 0.05, "mxfp8": 0.02, "mxint4": 0.05, "nvfp4": 0.05, "fp8_static": 0.06}
+ACT_REL = {"mxfp4": 1e-4, "mxfp8": 1e-4, "mxint4": 1e-4, "nvfp4": 1e-4, "fp8_static": 0.06}  # measured 0, 0, -, 0, 0.039
 
 
 @pytest.mark.skipif(not _loader_quantizes_inputs(), reason="this tree's load_quantized does not quantize layer inputs "
@@ -251,14 +251,14 @@ def test_autoround_fp_export_with_quantized_inputs_matches_autoround(case, ar_fp
     folder = ar_fp_outputs[case]
     ours, ar = load_quantized(folder), _autoround_model(folder, act_quant=True)
     got, want = logits(ours, calib_ids), logits(ar, calib_ids)
-    assert_close(got, want, rel_max=ACT_REL[case], argmax_min=0.9)
+    assert_close(got, want, rel_max=ACT_REL[case], argmax_min=0.95 if case == "fp8_static" else 0.99)
     weight_only = logits(weights_only(load_quantized(folder)), calib_ids)
     assert not torch.allclose(got, weight_only, rtol=1e-4)  # our inputs were quantized
 
 
 
 @pytest.mark.skipif(not _fp_quantizers_present(), reason="the FP quantizers and activation wiring are not in this tree")
-@pytest.mark.parametrize("preset, rel", [("MXFP4", 0.05), ("MXFP8", 0.02), ("NVFP4", 0.05), ("FP8_STATIC", 0.06)])
+@pytest.mark.parametrize("preset, rel", [("MXFP4", 1e-4), ("MXFP8", 1e-4), ("NVFP4", 1e-4), ("FP8_STATIC", 0.06)])
 def test_our_quantized_model_in_autoround_loader(preset, rel, tiny, calib_ids, tmp_path):
     """End to end: SignRound on the preset, our auto_round export, auto-round's loader with its own input
     quantization against ours."""
@@ -272,7 +272,8 @@ def test_our_quantized_model_in_autoround_loader(preset, rel, tiny, calib_ids, t
                        tmp_path / "q")
     ar = _autoround_model(out, act_quant=True)
     assert {type(m).__name__ for m in ar.modules()} >= {AR_LOADS[preset]}
-    assert_close(logits(ar, calib_ids), logits(load_quantized(out), calib_ids), rel_max=rel, argmax_min=0.9)
+    assert_close(logits(ar, calib_ids), logits(load_quantized(out), calib_ids), rel_max=rel,
+                 argmax_min=0.95 if preset == "FP8_STATIC" else 0.99)  # measured rel 0, 0, 0, 0.035
 
 
 if __name__ == "__main__":
