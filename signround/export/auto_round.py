@@ -70,7 +70,7 @@ def packed_layout(layer_tensors: Callable[[QuantizedWeight], dict[str, torch.Ten
 
 
 def _scheme_keys(scheme, with_act: bool = False) -> dict[str, Any]:
-    if with_act:  # a checkpoint with FP layers says every layer's activation scheme
+    if with_act:  # a checkpoint with FP layers or quantized inputs says every layer's activation scheme
         return {**_scheme_keys(scheme), **act_keys(scheme)}
     if is_fp_scheme(scheme):
         return fp_scheme_keys(scheme)
@@ -81,7 +81,7 @@ def _scheme_keys(scheme, with_act: bool = False) -> dict[str, Any]:
 
 
 def auto_round_quantization_config(plan: QuantPlan, packing: str, settings: dict[str, Any]) -> dict[str, Any]:
-    with_act = any(is_fp_scheme(p.scheme) for p in plan.quantized())
+    with_act = any(is_fp_scheme(p.scheme) or p.scheme.quantizes_activations for p in plan.quantized())
     default = _scheme_keys(plan.default, with_act)
     extra: dict[str, dict] = {}
     for p in plan.layers.values():

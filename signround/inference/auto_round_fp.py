@@ -27,7 +27,7 @@ from ..schemes import DATA_TYPES, QuantScheme
 from .layouts import CheckpointError, check_finite
 
 __all__ = ["FP_PACKINGS", "FPLayers", "fp_layer_scheme", "resolve_fp_schemes", "decode_fp_layer", "take_fp_layers",
-           "is_fp_config", "from_sign_magnitude"]
+           "is_fp_config", "from_sign_magnitude", "input_schemes"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,14 @@ def resolve_fp_schemes(qc: dict[str, Any], names: list[str], where: str) -> dict
             entry = next((v for k, v in extra.items() if k not in names and re.search(k, name)), None)
         out[name] = fp_layer_scheme(qc, entry, f"{where} ({name})")
     return out
+
+
+def input_schemes(qc: dict[str, Any], names: list[str], where: str) -> dict[str, QuantScheme]:
+    """{layer: scheme} of the (int) layers ``names`` whose config quantizes their inputs (dynamic int: INT8_W8A8)."""
+    entries = [qc, *(qc.get("extra_config") or {}).values()]
+    if not any(isinstance(e, dict) and int(e.get("act_bits") or 16) < 16 for e in entries):
+        return {}  # weight-only: nothing to resolve
+    return {n: s for n, s in resolve_fp_schemes(qc, names, where).items() if s is not None and s.quantizes_activations}
 
 
 def from_sign_magnitude(nibbles: torch.Tensor) -> torch.Tensor:

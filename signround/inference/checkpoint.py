@@ -27,7 +27,7 @@ import torch
 from safetensors import safe_open
 
 from ..quant.types import QuantizedWeight
-from .auto_round_fp import FP_PACKINGS, FPLayers, is_fp_config, take_fp_layers
+from .auto_round_fp import FP_PACKINGS, FPLayers, input_schemes, is_fp_config, take_fp_layers
 from .layouts import CheckpointError, LayerSpec, Layout, decode_layer
 
 __all__ = ["LayerSpec", "QuantizedCheckpoint", "QuantConfigView", "read_checkpoint", "read_config", "read_tensors",
@@ -283,5 +283,7 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
             tensors.pop(f"{name}.{k}", None)
     int_specs = {n: s for n, s in specs.items() if n in layers and s is not None}
     layout = Layout.AUTO_ROUND_FP if fp.layers and not layers else view.layout
+    if view.method == "auto-round":  # int layers with quantized inputs (act_* keys), beside the FP ones
+        fp.act_schemes.update(input_schemes(config["quantization_config"], sorted(layers), str(folder / "config.json")))
     return QuantizedCheckpoint(folder, config, config["quantization_config"], {**layers, **fp.layers}, tensors, layout,
                                view.method, int_specs, where, fp.act_schemes, fp.act_max)

@@ -394,3 +394,19 @@ def test_a_quantized_tiny_model_round_trips_exactly(preset, tiny, calib_ids, tmp
         assert torch.allclose(ckpt.act_max[name], amax.float(), rtol=1e-6, atol=0), name
     attach_quantized_inputs(model, act_schemes(plan.quantized()), ckpt.act_max)
     assert torch.equal(logits(loaded, calib_ids), logits(model, calib_ids))
+
+
+def test_int_layers_with_quantized_inputs_keep_their_act_scheme(tiny, calib_ids, tmp_path):
+    """INT8_W8A8 in auto_round: the act_* keys are written and read back into act_schemes (no act_max: dynamic)."""
+    from tests.helpers import quantize_tiny
+
+    model = tiny("llama")
+    plan, result = quantize_tiny(model, calib_ids, "INT8_W8A8", iters=0)
+    out = export_model(ExportInput(model, None, plan, result.weights), Format.AUTO_ROUND, tmp_path / "q")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert {k: qc[k] for k in ("act_bits", "act_group_size", "act_data_type", "act_dynamic")} == \
+        dict(act_bits=8, act_group_size=-1, act_data_type="int", act_dynamic=True)
+    ckpt = read_checkpoint(out)
+    assert set(ckpt.act_schemes) == set(result.weights) and not ckpt.act_max
+    for name in result.weights:
+        assert ckpt.act_schemes[name].to_dict() == plan.layers[name].scheme.to_dict(), name
