@@ -22,7 +22,11 @@ is ``sign << 3 | m``, ``m`` indexing the E2M1 magnitudes 0, .5, 1, 1.5, 2, 3, 4,
 Where we differ from auto-round, on purpose: FP8 scales are fp32 (auto-round writes the model dtype, bf16,
 which would round our exact scales; its loader casts them to its own dtype anyway), and weight-only FP8
 says ``packing_format: auto_round:fp8`` (auto-round writes no packing_format there). Per-group (1 x g) FP8
-has a 2-D ``weight_scale``: auto-round flattens it and cannot load it back.
+has a 2-D ``weight_scale``: auto-round flattens it and cannot load it back. Int layers beside FP ones in a
+checkpoint whose global scheme is FP (an int8 lm_head under MXFP4) keep the int tensors with raw zero points
+(as ``packing_format: auto_round``); auto-round itself cannot write or run such a mix.
+Reference §5.1 names the packing formats ``auto_round:mx_fp`` / ``auto_round:nv_fp``: those are auto-round's
+export backend names; its files say ``auto_round:llm_compressor``, the only value its loader accepts.
 Activation keys follow auto-round: a static NVFP4 activation is ``act_data_type: nv_fp4_with_static_gs`` with
 ``act_dynamic: true`` (only its global scale is calibrated); FP8 adds ``fmt`` and ``activation_scheme``.
 """

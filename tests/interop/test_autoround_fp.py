@@ -231,6 +231,19 @@ def test_autoround_fp_export_in_our_loader(case, ar_fp_outputs, calib_ids):
 
 
 
+@pytest.mark.parametrize("scheme, message", [
+    (dict(scheme="MXFP4", act_bits=16), "No compatible backend found"),
+    (dict(scheme="NVFP4", act_bits=16), "No compatible backend found"),
+    ("FPW8A16", "group_size must be greater than 0"),
+], ids=["mxfp4_weight_only", "nvfp4_weight_only", "fpw8a16"])
+def test_what_autoround_cannot_load_on_cpu(scheme, message, tiny, tmp_path):
+    """The limits the README states: auto-round 0.16.1 has no CPU backend for these (our loader reads them)."""
+    _, weights, out = export_fp(tiny("llama"), scheme, tmp_path / "q")
+    with pytest.raises(ValueError, match=message):
+        _autoround_model(out, act_quant=False)
+    assert set(read_checkpoint(out).layers) == set(weights)
+
+
 def _loader_quantizes_inputs() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("signround.quant.act", "signround.tune.act_inputs"))
 
