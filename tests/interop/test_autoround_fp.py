@@ -256,8 +256,9 @@ ACT_REL = {"mxfp4": 1e-4, "mxfp8": 1e-4, "mxint4": 1e-4, "nvfp4": 1e-4, "fp8_sta
 @pytest.mark.skipif(not _loader_quantizes_inputs(), reason="this tree's load_quantized does not quantize layer inputs "
                                                           "(needs signround/quant/act.py and tune/act_inputs.py)")
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=(
-    "MXINT4 inputs: auto-round 0.16.1's _mx_qdq and our quant/act.py pick different E8M0 exponents (rel 0.17 on "
-    "randn inputs; MXFP4 inputs agree exactly); the weights match exactly (test_autoround_fp_export_in_our_loader)")))
+    "MXINT4 inputs: auto-round 0.16.1's MXINT4QuantLinear (experimental/qmodules/mx.py _mx_qdq) calls quant_mx "
+    "without data_type, which then falls back to 'mx_fp4': its inputs are quantized as MXFP4, not MXINT4 (ours "
+    "follow the scheme; rel 0.17 on randn inputs). The weights match exactly (test_autoround_fp_export_in_our_loader)")))
     if c == "mxint4" else c for c in ACT_REL])
 def test_autoround_fp_export_with_quantized_inputs_matches_autoround(case, ar_fp_outputs, calib_ids):
     """Both loaders as they are, inputs quantized (ours from act_schemes / act_max the reader returns)."""
