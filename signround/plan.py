@@ -294,6 +294,12 @@ def _gguf_layer(name, shape, chosen, scheme, reason, tied_head, gguf_types) -> t
     return gguf_scheme(choice.qtype.name), choice.reason
 
 
+def _fused_settings(s: QuantScheme) -> tuple:
+    """What must agree inside a fused group: everything but where the scheme came from."""
+    return (s.data_type, s.bits, s.group_size, s.group_rows, s.sym, s.act_bits,
+            *((s.act_group, s.act_symmetric, s.act_dtype, s.act_dynamic) if s.quantizes_activations else ()))
+
+
 def _check_formats(plan: QuantPlan, arch: ArchFacts, formats: list[Format]) -> None:
     for fmt in formats:
         for p in plan.quantized():
@@ -310,10 +316,11 @@ def _check_formats(plan: QuantPlan, arch: ArchFacts, formats: list[Format]) -> N
             for group in arch.fused_groups:
                 names = [f"{plan.blocks_prefix}.{b}.{g}" for g in group]
                 members = [plan.layers[n] for n in names if n in plan.layers]
-                settings = {(m.scheme.bits, m.scheme.group_size, m.scheme.sym) for m in members}
+                settings = {_fused_settings(m.scheme) for m in members}
                 if len(settings) > 1:
                     detail = ", ".join(f"{m.name}={m.scheme.short_name() if m.quantized else 'float'}" for m in members)
                     raise ValueError(
                         f"format {fmt.value}: serving engines fuse {', '.join(group)} into one matrix, so they need "
-                        f"the same bits/group_size/sym; got {detail}. Give them the same layer_config, or use format 'fake'."
+                        f"the same scheme (data type, bits, group size, sym and input quantization); got {detail}. Give "
+                        f"them the same layer_config, or use format 'fake'."
                     )

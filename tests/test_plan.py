@@ -117,3 +117,13 @@ def test_awq_group_size_rules_fail_in_the_plan_naming_the_layer(tiny):
                                          r"model.layers.0.mlp.down_proj=64"):
         _plan(model, layer_config={"mlp.down_proj": {"group_size": 64}}, formats=[Format.AUTO_AWQ])
     assert _plan(model, layer_config={"mlp.down_proj": {"group_size": 64}}, formats=[Format.AUTO_ROUND]).quantized()
+
+
+def test_fused_group_members_must_agree_on_data_type_and_inputs_too(tiny):
+    # same bits / group size / sym as MXFP4, another data type: a fused MXFP4 kernel cannot run it
+    cfg = {"model.layers.0.self_attn.k_proj": {"data_type": "int", "bits": 4, "group_size": 32, "act_bits": 16}}
+    with pytest.raises(ValueError, match="fuse .*q_proj.*k_proj.*v_proj.*same scheme"):
+        _plan(tiny("llama"), scheme="MXFP4", layer_config=cfg, formats=[Format.AUTO_ROUND])
+    cfg = {"model.layers.0.mlp.up_proj": {"act_bits": 16}}  # weights equal, inputs not
+    with pytest.raises(ValueError, match="fuse .*gate_proj.*up_proj"):
+        _plan(tiny("llama"), scheme="MXFP4", layer_config=cfg, formats=[Format.AUTO_ROUND])

@@ -12,6 +12,7 @@ Tensors of a quantized Linear ``<layer>`` (``K`` = in_features, ``N`` = out_feat
 All-sym checkpoints use ``auto_round:auto_gptq`` (read by every GPTQ kernel); a checkpoint with any
 asym layer uses ``auto_round``, because the v1 ``zero - 1`` convention cannot store a zero point of 0.
 Layers whose scheme differs from the global one are listed in ``extra_config``.
+FP/MX layers (MXFP4/8, NVFP4, FP8, MXINT4) have their own tensors and keys: ``auto_round_fp.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..formats import Format
 from .stream import SafetensorsSink, TensorLayout
 from ..formats.packing import pack_bits
 from .registry import ExportInput, register_writer
+from .auto_round_fp import act_keys, fp_config_extras, fp_layer_tensors, fp_packing, fp_scheme_keys, is_fp_scheme
 
 __all__ = ["packed_layer_tensors", "packed_layout", "packed_state_dict", "auto_round_packing", "auto_round_quantization_config", "GPTQ_PACKING", "PLAIN_PACKING"]
 
@@ -67,7 +69,11 @@ def packed_layout(layer_tensors: Callable[[QuantizedWeight], dict[str, torch.Ten
     return TensorLayout(lambda plan, qw, dtype: layer_tensors(qw), quantization_config)
 
 
-def _scheme_keys(scheme) -> dict[str, Any]:
+def _scheme_keys(scheme, with_act: bool = False) -> dict[str, Any]:
+    if with_act:  # a checkpoint with FP layers or quantized inputs says every layer's activation scheme
+        return {**_scheme_keys(scheme), **act_keys(scheme)}
+    if is_fp_scheme(scheme):
+        return fp_scheme_keys(scheme)
     if not scheme.is_quantized:
         return {"bits": 16, "data_type": "float"}
     gs = -1 if scheme.group_size == 0 else scheme.group_size
@@ -75,10 +81,11 @@ def _scheme_keys(scheme) -> dict[str, Any]:
 
 
 def auto_round_quantization_config(plan: QuantPlan, packing: str, settings: dict[str, Any]) -> dict[str, Any]:
-    default = _scheme_keys(plan.default)
+    with_act = any(is_fp_scheme(p.scheme) or p.scheme.quantizes_activations for p in plan.quantized())
+    default = _scheme_keys(plan.default, with_act)
     extra: dict[str, dict] = {}
     for p in plan.layers.values():
-        keys = _scheme_keys(p.scheme)
+        keys = _scheme_keys(p.scheme, with_act)
         if p.block is None:
             if p.quantized:
                 extra[p.name] = keys  # layers outside the blocks carry every key
@@ -92,6 +99,7 @@ def auto_round_quantization_config(plan: QuantPlan, packing: str, settings: dict
         **default,
         "block_name_to_quantize": plan.blocks_prefix,
         "provider": "signround",
+        **fp_config_extras(plan.default),
     }
     if extra:
         config["extra_config"] = extra
@@ -101,6 +109,8 @@ def auto_round_quantization_config(plan: QuantPlan, packing: str, settings: dict
 
 def auto_round_packing(plan: QuantPlan) -> tuple[str, int]:
     """The packing_format for a plan and the offset subtracted from stored zero points."""
+    if is_fp_scheme(plan.default):  # auto-round's FP packing; int layers beside FP ones keep raw zero points
+        return fp_packing(plan.default), 0
     if all(p.scheme.sym for p in plan.quantized()):
         return GPTQ_PACKING, 1
     return PLAIN_PACKING, 0
@@ -110,4 +120,10 @@ def auto_round_packing(plan: QuantPlan) -> tuple[str, int]:
 def auto_round_sink(data: ExportInput, folder: Path) -> SafetensorsSink:
     packing, offset = auto_round_packing(data.plan)
     config = lambda plan, settings: auto_round_quantization_config(plan, packing, settings)  # noqa: E731
-    return SafetensorsSink(data, folder, packed_layout(lambda qw: packed_layer_tensors(qw, offset), config))
+
+    def layer_tensors(p, qw, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        if is_fp_scheme(p.scheme):
+            return fp_layer_tensors(p.name, p.scheme, qw, data.act_max.get(p.name))
+        return packed_layer_tensors(qw, offset)
+
+    return SafetensorsSink(data, folder, TensorLayout(layer_tensors, config))

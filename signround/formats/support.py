@@ -86,10 +86,13 @@ FORMATS: dict[Format, FormatSpec] = {
         data_types=frozenset({"int", "mx_fp", "mx_fp_rceil", "mx_int", "nv_fp", "fp"}),
     ),
     Format.AUTO_ROUND: FormatSpec(
-        "AutoRound checkpoint (quant_method auto-round), GPTQ-style int32 packing; transformers, vLLM, SGLang",
+        "AutoRound checkpoint (quant_method auto-round), GPTQ-style int32 packing; transformers, vLLM, SGLang. "
+        "Also MXFP4/MXFP8/MXINT4 (E8M0 scales), NVFP4 and FP8 (per tensor, channel or 128x128 block) layers as "
+        "auto-round 0.16.1 writes them; its CPU loader runs MXFP4, MXFP8, MXINT4, NVFP4 and FP8_STATIC",
         bits=frozenset({2, 3, 4, 8}),
         fuses_qkv=True,
         lm_head=True,
+        data_types=frozenset({"int", "mx_fp", "mx_fp_rceil", "mx_int", "nv_fp", "fp"}),
     ),
     Format.AUTO_GPTQ: FormatSpec(
         "GPTQ v1 checkpoint (quant_method gptq); transformers+optimum+gptqmodel, vLLM",

@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 
 from ..quant.types import QuantizedWeight
+from .auto_round_fp import FP_PACKINGS, FPLayers, input_schemes, is_fp_config, take_fp_layers
 from .layouts import CheckpointError, LayerSpec, Layout, decode_layer
 
 __all__ = ["LayerSpec", "QuantizedCheckpoint", "QuantConfigView", "read_checkpoint", "read_config", "read_tensors",
@@ -41,6 +42,7 @@ AUTO_ROUND_PACKINGS: dict[str, Layout] = {  # auto-round packing_format -> tenso
     "auto_round": Layout.GPTQ_RAW_ZERO,
     "auto_round:gptqmodel": Layout.GPTQ_RAW_ZERO,
     "auto_round:auto_awq": Layout.AWQ_GEMM,
+    **dict.fromkeys(FP_PACKINGS, Layout.GPTQ_RAW_ZERO),  # FP checkpoints: FP layers in auto_round_fp.py, int ones raw
 }
 GPTQ_CHECKPOINT_FORMATS: dict[str, Layout] = {"gptq": Layout.GPTQ, "gptq_v2": Layout.GPTQ_RAW_ZERO}
 AWQ_VERSIONS: dict[str, Layout] = {"gemm": Layout.AWQ_GEMM}
@@ -74,6 +76,11 @@ class QuantizedCheckpoint:
     # max |input| (0-d float32) of those with static activations, read back from input_scale / input_global_scale
     act_schemes: dict[str, Any] = field(default_factory=dict)
     act_max: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def file_of(self, layer: str) -> str:
+        """The file holding a packed layer's codes (for messages)."""
+        return next((self.where[f"{layer}.{k}"] for k in ("qweight", "weight_packed", "weight")
+                     if f"{layer}.{k}" in self.where), "?")
 
 
 def read_config(folder: "str | Path") -> dict[str, Any]:
@@ -175,9 +182,10 @@ def _override(default: LayerSpec, entry: dict[str, Any]) -> LayerSpec | None:
 
 def _auto_round(qc: dict[str, Any], where: Path) -> QuantConfigView:
     layout = _choice(AUTO_ROUND_PACKINGS, qc.get("packing_format", "auto_round:auto_gptq"), "packing_format", where)
-    if qc.get("data_type", "int") != "int":
-        raise CheckpointError(f"{where}: data_type {qc.get('data_type')!r} is not supported (int only)")
-    default = LayerSpec(_int(qc, ("bits",), 4, where), _int(qc, ("group_size",), 128, where), bool(qc.get("sym", True)))
+    if qc.get("data_type", "int") != "int" and not is_fp_config(qc):
+        raise CheckpointError(f"{where}: data_type {qc.get('data_type')!r} is not supported (int, or an FP type)")
+    gs_keys = () if isinstance(qc.get("group_size"), list) else ("group_size",)  # [rows, cols]: FP8 blocks
+    default = LayerSpec(_int(qc, ("bits",), 4, where), _int(qc, gs_keys, 128, where), bool(qc.get("sym", True)))
     extra = qc.get("extra_config") or {}
 
     def resolve(names: list[str]) -> dict[str, LayerSpec | None]:
@@ -259,6 +267,8 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
         return read_compressed_tensors(folder, config, in_features)
     view = parse_quant_config(config, folder)
     tensors, where = read_tensors(folder)
+    fp = take_fp_layers(config["quantization_config"], tensors, where, folder / "config.json", in_features) \
+        if view.method == "auto-round" else FPLayers()
     names = sorted({k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")})
     orphans = sorted(k for k in tensors if k.endswith((".qzeros", ".scales")) and k.rsplit(".", 1)[0] not in names)
     if orphans:
@@ -276,5 +286,9 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
         layers[name] = decode_layer(view.layout, name, tensors, where, spec, (in_features or {}).get(name))
         for k in ("qweight", "qzeros", "scales", "g_idx"):
             tensors.pop(f"{name}.{k}", None)
-    return QuantizedCheckpoint(folder, config, config["quantization_config"], layers, tensors, view.layout, view.method,
-                               {n: s for n, s in specs.items() if n in layers and s is not None}, where)
+    int_specs = {n: s for n, s in specs.items() if n in layers and s is not None}
+    layout = Layout.AUTO_ROUND_FP if fp.layers and not layers else view.layout
+    if view.method == "auto-round":  # int layers with quantized inputs (act_* keys), beside the FP ones
+        fp.act_schemes.update(input_schemes(config["quantization_config"], sorted(layers), str(folder / "config.json")))
+    return QuantizedCheckpoint(folder, config, config["quantization_config"], {**layers, **fp.layers}, tensors, layout,
+                               view.method, int_specs, where, fp.act_schemes, fp.act_max)

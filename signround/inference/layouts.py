@@ -35,6 +35,7 @@ class Layout(str, Enum):
     GPTQ = "gptq"  # qweight along the input dim, qzeros along the output dim holding zero - 1 (v1)
     GPTQ_RAW_ZERO = "gptq_raw_zero"  # the same tensors, zero points stored as they are (GPTQ v2, auto_round asym)
     AWQ_GEMM = "awq_gemm"  # qweight/qzeros packed along the output dim in AWQ's nibble order, raw zeros
+    AUTO_ROUND_FP = "auto_round_fp"  # FP4/FP8 codes + E8M0/FP8/fp32 scales: decoded by auto_round_fp.py
     COMPRESSED_TENSORS = "compressed_tensors"  # per-layer compressed-tensors formats (inference/compressed_tensors.py)
 
 

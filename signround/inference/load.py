@@ -62,16 +62,16 @@ def _replace_quantized(model: torch.nn.Module, ckpt: QuantizedCheckpoint, widths
     groups: dict[tuple, list[str]] = {}
     for name, qw in ckpt.layers.items():
         if name not in widths:
-            raise CheckpointError(f"{ckpt.where[name + '.qweight']}: quantized tensor {name}.qweight matches no linear "
+            raise CheckpointError(f"{ckpt.file_of(name)}: quantized tensor {name}.qweight matches no linear "
                                   f"layer of {type(model).__name__}")
         module = model.get_submodule(name)
         expected = linear_shape(module)
         if tuple(qw.shape) != tuple(expected):
-            raise CheckpointError(f"{ckpt.where[name + '.qweight']}: {name} decodes to shape {tuple(qw.shape)}, the "
+            raise CheckpointError(f"{ckpt.file_of(name)}: {name} decodes to shape {tuple(qw.shape)}, the "
                                   f"model expects {expected}")
         bias = ckpt.tensors.pop(f"{name}.bias", None)
         if bias is None and getattr(module, "bias", None) is not None:
-            raise CheckpointError(f"{ckpt.where[name + '.qweight']}: quantized layer {name} has a bias in the model but "
+            raise CheckpointError(f"{ckpt.file_of(name)}: quantized layer {name} has a bias in the model but "
                                   f"no {name}.bias tensor")
         chosen, why = select_backend(ckpt.layout, qw, device, backend)
         _set_module(model, name, chosen.build(qw, bias, dtype, keep_codes))

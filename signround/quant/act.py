@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..schemes import QuantScheme
-from .fp import check_finite
+from .fp import check_finite, rne
 from .fp8 import block_shape, fp8_quantize, from_blocks, to_blocks
 from .mx import MX_DATA_TYPES, mx_quantize
 from .nvfp import nv_global_scale, nv_quantize
@@ -46,7 +46,7 @@ def _int_qdq(xg: torch.Tensor, bits: int, sym: bool, static_max: torch.Tensor | 
         qmax = 2 ** (bits - 1) - 1
         amax = static_max if static_max is not None else xg.abs().amax(dim=1, keepdim=True)
         s = (amax / qmax).clamp(min=ACT_SCALE_MIN)
-        return torch.round(xg / s).clamp(-qmax - 1, qmax) * s
+        return rne((xg / s).clamp_(-qmax - 1, qmax)) * s
     maxq = 2**bits - 1
     if static_max is not None:
         lo, hi = -static_max.expand(xg.shape[0], 1), static_max.expand(xg.shape[0], 1)
@@ -54,8 +54,8 @@ def _int_qdq(xg: torch.Tensor, bits: int, sym: bool, static_max: torch.Tensor | 
         lo = xg.amin(dim=1, keepdim=True).clamp(max=0)
         hi = xg.amax(dim=1, keepdim=True).clamp(min=0)
     s = ((hi - lo) / maxq).clamp(min=ACT_SCALE_MIN)
-    z = torch.round(-lo / s).clamp(0, maxq)
-    return (torch.round(xg / s) + z).clamp(0, maxq).sub(z) * s
+    z = rne((-lo / s).clamp_(0, maxq))
+    return (rne((xg / s).clamp_(-maxq, maxq)) + z).clamp(0, maxq).sub(z) * s
 
 
 @torch.no_grad()

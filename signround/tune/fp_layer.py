@@ -38,7 +38,7 @@ from ..quant.nvfp import nv_global_scale, nv_quantize
 from ..quant.search import SEARCH_CHUNK, importance_weights
 from .layer import RANGE_BOUNDS, V_BOUND, register_layer_state
 
-__all__ = ["FPLayerState", "make_fp_state", "shared_amax", "MX_CANDIDATES", "NV_CANDIDATES"]
+__all__ = ["FPLayerState", "make_fp_state", "search_range", "shared_amax", "MX_CANDIDATES", "NV_CANDIDATES"]
 
 logger = logging.getLogger(__name__)
 
