@@ -127,3 +127,15 @@ def test_fused_group_members_must_agree_on_data_type_and_inputs_too(tiny):
     cfg = {"model.layers.0.mlp.up_proj": {"act_bits": 16}}  # weights equal, inputs not
     with pytest.raises(ValueError, match="fuse .*gate_proj.*up_proj"):
         _plan(tiny("llama"), scheme="MXFP4", layer_config=cfg, formats=[Format.AUTO_ROUND])
+
+
+@pytest.mark.parametrize("scheme, fmt, message", [
+    ("MXFP4_RCEIL", Format.LLM_COMPRESSOR, "llm_compressor: compressed-tensors cannot quantize activations as mx_fp_rceil"),
+    ({"scheme": "INT8_W8A8", "act_dynamic": False, "act_group_size": 0}, Format.LLM_COMPRESSOR, "static int"),
+    ({"scheme": "MXINT4", "bits": 8}, Format.AUTO_ROUND, "auto_round: it stores MXINT with 4 bits only"),
+    ({"scheme": "FPW8A16", "group_size": 32}, Format.AUTO_ROUND, "auto-round loads no 1 x 32 groups"),
+])
+def test_format_rules_beyond_the_columns_fail_in_the_plan_naming_the_layer(tiny, scheme, fmt, message):
+    with pytest.raises(ValueError, match=f"{message}.*at layer model.layers.0"):
+        _plan(tiny("llama"), scheme=scheme, formats=[fmt])
+    _plan(tiny("llama"), scheme=scheme, formats=[Format.FAKE])  # fake holds any scheme

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 if TYPE_CHECKING:
     from ..schemes import QuantScheme
@@ -76,6 +76,29 @@ class FormatSpec:
     outside_blocks: bool = True  # can hold quantized layers outside the decoder blocks (besides the lm_head)
     positive_group_size: bool = False  # no per-channel (-1) / per-tensor (0) groups
     one_group_size: bool = False  # one group_size for every quantized layer of the model
+    rule: "Callable[[QuantScheme], str | None] | None" = None  # what the columns cannot say: the reason, or None
+
+
+def _auto_round_rule(scheme: "QuantScheme") -> str | None:
+    """auto-round 0.16.1's FP layouts (export/auto_round_fp.py): MXINT nibbles only, FP8 without 1 x g groups."""
+    if scheme.data_type == "mx_int" and scheme.bits != 4:
+        return f"it stores MXINT with 4 bits only, got {scheme.bits}"
+    if scheme.data_type == "fp" and scheme.group_size > 0 and scheme.group_rows == 1:
+        return (f"its FP8 layers have a scale per tensor, per channel or per 2-D block (group_rows > 1); auto-round "
+                f"loads no 1 x {scheme.group_size} groups")
+    return None
+
+
+def _llm_compressor_rule(scheme: "QuantScheme") -> str | None:
+    """The weight and input arguments compressed-tensors can express (formats/ct_layout.py)."""
+    from .ct_layout import input_args, weight_args
+
+    try:
+        weight_args(scheme)
+        input_args(scheme)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 FORMATS: dict[Format, FormatSpec] = {
@@ -93,6 +116,7 @@ FORMATS: dict[Format, FormatSpec] = {
         fuses_qkv=True,
         lm_head=True,
         data_types=frozenset({"int", "mx_fp", "mx_fp_rceil", "mx_int", "nv_fp", "fp"}),
+        rule=_auto_round_rule,
     ),
     Format.AUTO_GPTQ: FormatSpec(
         "GPTQ v1 checkpoint (quant_method gptq); transformers+optimum+gptqmodel, vLLM",
@@ -121,6 +145,7 @@ FORMATS: dict[Format, FormatSpec] = {
         fuses_qkv=True,
         lm_head=True,
         data_types=frozenset({"int", "mx_fp", "nv_fp", "fp"}),
+        rule=_llm_compressor_rule,
     ),
     **{
         fmt: FormatSpec(
@@ -179,6 +204,8 @@ def check_layer(fmt: Format, scheme: QuantScheme, layer: str, shape: tuple[int, 
                 f"({scheme.short_name()}) at layer {layer}")
     if scheme.bits not in spec.bits:
         return f"format {fmt.value} supports bits {sorted(spec.bits)}, got {scheme.bits} at layer {layer}"
+    if spec.rule is not None and (why := spec.rule(scheme)):
+        return f"format {fmt.value}: {why} (at layer {layer})"
     if scheme.sym not in spec.sym:
         want = "sym" if True in spec.sym else "asym"
         return f"format {fmt.value} supports only {want}, got {'sym' if scheme.sym else 'asym'} at layer {layer}"
