@@ -422,6 +422,8 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
                             n_rows=chain.n_rows)
         phases.mark("tune")
     _quantize_states(states, modules, result, write=chain.q is not None or not drops)
+    n_layers = len(states)
+    states.clear()  # their frozen weights (views of the float32 block) and tunables go before the next copies
     if chain.q is not None:
         with torch.no_grad():
             _forward_rows(block, chain.q, chain.q, args_i, rows, device, autocast_dtype=pass_autocast)
@@ -430,7 +432,7 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
         chain.fp.close()
         chain.fp = targets
     block.to(device=orig_device, dtype=orig_dtype)
-    info = {"layers": len(states), "seconds": round(time.time() - tb, 3), "phase_seconds": phases.seconds}
+    info = {"layers": n_layers, "seconds": round(time.time() - tb, 3), "phase_seconds": phases.seconds}
     if report is not None:
         info.update(loss_before=report.loss_before, loss_after=report.loss_after, best_iter=report.best_iter,
                     iters_run=report.iters_run)
