@@ -139,7 +139,7 @@ CLI_CASES = [
     ("awq-bits", ["--bits", "3", "--format", "auto_awq"], r"auto_awq supports bits \[4\], got 3", "calib", None),
     ("awq-lm-head", ["--quant_lm_head", "--format", "auto_awq"], r"auto_awq cannot hold a quantized lm_head", "calib",
      None),
-    ("fused-group-mixed", ["--layer_config", '{"q_proj": "W8A16"}'], r"fuse .*q_proj.*same bits", "calib", None),
+    ("fused-group-mixed", ["--layer_config", '{"q_proj": "W8A16"}'], r"fuse .*q_proj.*same scheme", "calib", None),
     ("gguf-scheme-other-format", ["--scheme", "GGUF:Q4_K_M", "--format", "auto_round"],
      r"GGUF scheme .* can only be exported as GGUF", "load", None),
     ("gguf-mixes-disagree", ["--scheme", "GGUF:Q4_K_M", "--format", "gguf:q2_k"], r"name different mixes", "load",

@@ -25,12 +25,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..calib.rowstore import MemoryBudget, RowStore, from_tensor, row_store
+from ..memory import release_free_memory
 from ..model.arch import ArchFacts, get_module
 from ..model.capture import capture_block_args, capture_first_block_inputs, run_block
 from ..model.streaming import ModelWeights, outside_modules
@@ -91,20 +92,53 @@ def write_weight(module: torch.nn.Module, plan: LayerPlan, qw: QuantizedWeight) 
     module.weight.copy_(w.to(device=module.weight.device, dtype=module.weight.dtype))
 
 
+RECORD_SLICE_ELEMENTS = 1 << 20  # the layer record dequantizes about this many weights at a time
+
+
+def _dequantized_rows(qw) -> "Callable[[int, int], torch.Tensor]":
+    """rows(start, stop) of the dequantized weight (out, in), float32: int codes are sliced before
+    dequantizing; other results (GGUF, FP) are dequantized whole, once."""
+    if isinstance(qw, QuantizedWeight):
+        return lambda start, stop: QuantizedWeight(qw.codes[start:stop], qw.scale[start:stop], qw.zero[start:stop],
+                                                   qw.bits, qw.group_size, qw.sym).dequantize().float()
+    whole = qw.dequantize().float()
+    return lambda start, stop: whole[start:stop]
+
+
+@torch.no_grad()
 def _layer_record(plan: LayerPlan, float_w: torch.Tensor, qw: QuantizedWeight) -> dict:
+    """Block, scheme and ||dequantized - float|| / ||float|| (float32 norms, as recorded since the start).
+
+    The difference is filled slice of rows by slice of rows into one float32 buffer: no full-size
+    dequantized copy and its temporaries (these were the streamed run's largest allocations). Its
+    elements, and so its norm, are those of the whole-tensor expression.
+    """
     w = float_w.detach().float()
-    w = w.t() if plan.conv1d else w
-    err = (qw.dequantize().float().cpu() - w.cpu()).norm() / w.norm().clamp(min=1e-12)
+    w = w.t() if plan.conv1d else w  # (out, in)
+    w_cpu = w.cpu()
+    diff = torch.empty(w_cpu.shape, dtype=torch.float32)
+    rows = max(1, RECORD_SLICE_ELEMENTS // max(1, w_cpu.shape[1]))
+    deq = _dequantized_rows(qw)
+    for start in range(0, w_cpu.shape[0], rows):
+        torch.sub(deq(start, start + rows).cpu(), w_cpu[start:start + rows], out=diff[start:start + rows])
+    err = diff.norm() / w.norm().clamp(min=1e-12)
     return {"block": plan.block, "scheme": plan.scheme.short_name(), "weight_rel_err": round(float(err), 6)}
 
 
-def _quantize_states(states: list[LayerQuantizer], modules: dict[str, torch.nn.Module], result: QuantizeResult) -> None:
+def _quantize_states(states: list[LayerQuantizer], modules: dict[str, torch.nn.Module], result: QuantizeResult,
+                     write: bool = True) -> None:
+    """Each state's codes and record into ``result``; with ``write``, its module's weight becomes the codes.
+
+    ``write=False`` when the module is dropped right after (a streamed block nobody runs again): the
+    dequantized copy would be made only to be thrown away.
+    """
     for s in states:
         qw = s.result()
         module = modules[s.local_name]
         result.layers[s.plan.name] = _layer_record(s.plan, module.weight, qw)
         result.weights[s.plan.name] = qw
-        write_weight(module, s.plan, qw)
+        if write:
+            write_weight(module, s.plan, qw)
 
 
 @dataclass
@@ -138,9 +172,15 @@ def _rtn_without_data(model: torch.nn.Module, plan: QuantPlan, result: QuantizeR
         for n, p in local.items():
             module = model.get_submodule(p.name)
             state = make_layer_state(p, p.name, module.weight, optimize=False, tensor_amax=amax.get(n))
-            _quantize_states([state], {p.name: module}, result)
+            _quantize_states([state], {p.name: module}, result, write=not _drops(weights))
         output.hand_over([p.name for p in layers], result)
         weights.drop(model, prefix)
+        release_free_memory()
+
+
+def _drops(weights: ModelWeights) -> bool:
+    """Whether finished modules leave memory (streamed, not kept): their weights need not hold the codes."""
+    return weights.streamed and not weights.keep
 
 
 class _Phases:
@@ -296,7 +336,7 @@ def _block_loop(model, arch, plan, input_ids, attention_mask, signround, start, 
             prefix = f"{plan.blocks_prefix}.{i}"
             weights.load(model, prefix)
             info = _quantize_block(i, blocks[i], block_args[i], plan, chain, method, start, signround, runtime, result,
-                                   arch.fused_groups)
+                                   arch.fused_groups, drops=_drops(weights))
             if "loss_before" in info:
                 bar.set_postfix_str(f"loss {info['loss_before']:.3g}->{info['loss_after']:.3g} "
                                     f"(best it {info['best_iter']})")
@@ -306,6 +346,7 @@ def _block_loop(model, arch, plan, input_ids, attention_mask, signround, start, 
                            None if chain.q is None else chain.q.tensor())
             output.hand_over([p.name for p in plan.block_layers(i)], result)
             weights.drop(model, prefix)
+            release_free_memory()
         _quantize_outside(model, arch, plan, chain.q if chain.q is not None else chain.fp, mask, start.searches,
                           runtime, result, weights, output)
     finally:
@@ -353,8 +394,11 @@ def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress,
 
 
 def _quantize_block(i, block, block_args, plan, chain, method, start, signround, runtime, result,
-                    fused_groups=()) -> dict:
-    """Reference pass, layer states, tuning and the chain pass of block ``i``; returns its report fields."""
+                    fused_groups=(), drops: bool = False) -> dict:
+    """Reference pass, layer states, tuning and the chain pass of block ``i``; returns its report fields.
+
+    ``drops``: the block leaves memory once done; its weights then get the codes only for the chain pass.
+    """
     tb = time.time()
     device, tuning, optimize = runtime.device, method.tunes, start.searches
     autocast = runtime.tune_dtype if runtime.tune_dtype != torch.float32 else None
@@ -398,7 +442,9 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
                                 chain.val_idx, signround, device, autocast_dtype=autocast, parallel=runtime.parallel,
                                 n_rows=chain.n_rows)
         phases.mark("tune")
-    _quantize_states(states, modules, result)
+    _quantize_states(states, modules, result, write=chain.q is not None or not drops)
+    n_layers = len(states)
+    states.clear()  # their frozen weights (views of the float32 block) and tunables go before the next copies
     if chain.q is not None:
         with torch.no_grad(), quantized_inputs(modules, acts, act_max):
             _forward_rows(block, chain.q, chain.q, args_i, rows, device, autocast_dtype=pass_autocast)
@@ -407,7 +453,7 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
         chain.fp.close()
         chain.fp = targets
     block.to(device=orig_device, dtype=orig_dtype)
-    info = {"layers": len(states), "seconds": round(time.time() - tb, 3), "phase_seconds": phases.seconds}
+    info = {"layers": n_layers, "seconds": round(time.time() - tb, 3), "phase_seconds": phases.seconds}
     if report is not None:
         info.update(loss_before=report.loss_before, loss_after=report.loss_after, best_iter=report.best_iter,
                     iters_run=report.iters_run)
@@ -446,6 +492,7 @@ def _quantize_outside(model, arch, plan, hidden, mask, optimize, runtime, result
         module = model.get_submodule(p.name)
         imatrix = result.imatrix.get(p.name) if p.name == plan.lm_head else None
         state = make_layer_state(p, p.name, module.weight, imatrix, optimize=optimize)
-        _quantize_states([state], {p.name: module}, result)
+        _quantize_states([state], {p.name: module}, result, write=not _drops(weights))
         output.hand_over([p.name], result)
         weights.drop(model, p.name)
+        release_free_memory()

@@ -10,7 +10,7 @@ Every data type provides a state with the ``LayerQuantizer`` protocol, registere
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol
 
 import torch
@@ -27,6 +27,7 @@ __all__ = ["LayerQuantizer", "LayerState", "make_layer_state", "register_layer_s
 
 V_BOUND = 0.5  # a rounding offset can flip each weight's rounding at most once
 RANGE_BOUNDS = (0.5, 1.5)  # range multipliers alpha/beta around the initial range
+RESULT_SLICE_ELEMENTS = 1 << 20  # result() rounds about this many weights at a time
 
 
 class LayerQuantizer(Protocol):
@@ -125,14 +126,31 @@ class LayerState:
 
     @torch.no_grad()
     def result(self) -> QuantizedWeight:
-        _, q, s, z = quantize_groups(self.wg, self.init, self.v, self.alpha, self.beta)
+        """The codes, a slice of output rows at a time: quantize_groups' full-size float temporaries
+        were ~5x the weight, the peak of a streamed run. Every group is computed on its own, so
+        slicing changes no value."""
         out_f, in_f = self.plan.shape
-        codes = from_groups(q, in_f).round().to(torch.uint8)  # (out, in)
-        g = s.shape[0] // out_f
+        g = self.wg.shape[0] // out_f
+        step = max(1, RESULT_SLICE_ELEMENTS // (g * self.wg.shape[1]))
+        codes = torch.empty(out_f, in_f, dtype=torch.uint8)
+        scale = torch.empty(out_f, g, dtype=torch.float32)
+        zero = torch.empty(out_f, g, dtype=torch.uint8)
+        for r in range(0, out_f, step):
+            rows = slice(r, min(r + step, out_f))
+            groups = slice(rows.start * g, rows.stop * g)
+
+            def part(t: torch.Tensor | None) -> torch.Tensor | None:
+                return None if t is None else t[groups]
+
+            init = replace(self.init, s0=part(self.init.s0), lo0=part(self.init.lo0), hi0=part(self.init.hi0))
+            _, q, s, z = quantize_groups(self.wg[groups], init, part(self.v), part(self.alpha), part(self.beta))
+            codes[rows] = from_groups(q, in_f).round().to(torch.uint8).cpu()
+            scale[rows] = s.reshape(-1, g).float().cpu()
+            zero[rows] = z.reshape(-1, g).round().to(torch.uint8).cpu()
         return QuantizedWeight(
-            codes=codes.cpu(),
-            scale=s.reshape(out_f, g).float().cpu(),
-            zero=z.reshape(out_f, g).round().to(torch.uint8).cpu(),
+            codes=codes,
+            scale=scale,
+            zero=zero,
             bits=self.plan.scheme.bits,
             group_size=self.wg.shape[1],
             sym=self.plan.scheme.sym,

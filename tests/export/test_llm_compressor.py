@@ -309,8 +309,10 @@ def test_support_matrix_refuses_what_compressed_tensors_cannot_hold(tiny):
 
 def test_rceil_activations_are_refused_before_any_layer_is_written(tiny, tmp_path):
     model = tiny("llama")
-    plan = build_plan(model, arch_facts(model), resolve_scheme("MXFP4_RCEIL"), formats=[FMT])
-    with pytest.raises(ValueError, match="layer model.layers.0.self_attn.q_proj: .*rceil"):
+    with pytest.raises(ValueError, match="rceil.*at layer model.layers.0.self_attn.q_proj"):  # the plan, first
+        build_plan(model, arch_facts(model), resolve_scheme("MXFP4_RCEIL"), formats=[FMT])
+    plan = build_plan(model, arch_facts(model), resolve_scheme("MXFP4_RCEIL"), formats=[Format.FAKE])
+    with pytest.raises(ValueError, match="layer model.layers.0.self_attn.q_proj: .*rceil"):  # and the writer
         export_model(ExportInput(model, None, plan, {}, source="tiny"), FMT, tmp_path / "q")
     assert not (tmp_path / "q").exists()
 
