@@ -36,7 +36,7 @@ from ..quant.fp_types import FPQuantized
 from ..quant.mx import mx_quantize
 from ..quant.nvfp import nv_global_scale, nv_quantize
 from ..quant.search import SEARCH_CHUNK, importance_weights
-from .layer import RANGE_BOUNDS, V_BOUND, register_layer_state
+from .layer import RANGE_BOUNDS, V_BOUND, frozen_rows, register_layer_state
 
 __all__ = ["FPLayerState", "make_fp_state", "search_range", "shared_amax", "MX_CANDIDATES", "NV_CANDIDATES"]
 
@@ -228,10 +228,7 @@ def make_fp_state(
     ``tensor_amax`` (nv_fp): the max |w| the global scale is computed from, when shared with fused layers.
     """
     check_finite(weight, plan.name)
-    w = weight.detach().float()
-    if plan.conv1d:
-        w = w.t()
-    w = w.contiguous()  # (out, in)
+    w = frozen_rows(plan, weight)  # (out, in) float32
     scheme = plan.scheme
     block = block_shape(scheme.group_size, scheme.group_rows, plan.shape)
     wg = to_blocks(w, block)  # (n_blocks, rows * cols)

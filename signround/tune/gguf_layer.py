@@ -23,7 +23,7 @@ import torch
 from ..method import Start
 from ..plan import LayerPlan
 from ..quant.gguf import GGUFQuantized, SearchMode, fake_quantize, quantize_tensor, requantize, search_mode
-from .layer import V_BOUND, register_layer_state
+from .layer import V_BOUND, frozen_rows, register_layer_state
 
 __all__ = ["GGUFLayerState", "make_gguf_state"]
 
@@ -83,10 +83,7 @@ def make_gguf_state(
     optimize: bool = True,
 ) -> GGUFLayerState:
     """Search the layer's ggml type (``plan.scheme.ggml_type``) on ``weight`` (module layout)."""
-    w = weight.detach().float()
-    if plan.conv1d:
-        w = w.t()
-    w = w.contiguous()  # (out, in)
+    w = frozen_rows(plan, weight)  # (out, in) float32
     mode = search_mode(Start.SEARCH if optimize else Start.MINMAX, imatrix is not None)
     init = quantize_tensor(w, plan.scheme.ggml_type, imatrix=imatrix if mode is SearchMode.IMATRIX else None,
                            mode=mode, name=plan.name)

@@ -23,7 +23,7 @@ from ..quant.types import QuantizedWeight
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LayerQuantizer", "LayerState", "make_layer_state", "register_layer_state", "V_BOUND", "RANGE_BOUNDS"]
+__all__ = ["LayerQuantizer", "LayerState", "frozen_rows", "make_layer_state", "register_layer_state", "V_BOUND", "RANGE_BOUNDS"]
 
 V_BOUND = 0.5  # a rounding offset can flip each weight's rounding at most once
 RANGE_BOUNDS = (0.5, 1.5)  # range multipliers alpha/beta around the initial range
@@ -157,6 +157,12 @@ class LayerState:
         )
 
 
+def frozen_rows(plan: LayerPlan, weight: torch.Tensor) -> torch.Tensor:
+    """The weight every state starts from: float32, (out, in) whatever the module's layout (Conv1D is (in, out))."""
+    w = weight.detach().float()
+    return (w.t() if plan.conv1d else w).contiguous()
+
+
 def make_layer_state(
     plan: LayerPlan,
     local_name: str,
@@ -188,10 +194,7 @@ def make_int_state(
     optimize: bool = True,
 ) -> LayerState:
     """Group the weight and choose its starting range: opt-RTN search (default) or plain min/max."""
-    w = weight.detach().float()
-    if plan.conv1d:
-        w = w.t()
-    w = w.contiguous()  # (out, in)
+    w = frozen_rows(plan, weight)  # (out, in) float32
     scheme = plan.scheme
     wg = to_groups(w, scheme.group_size)  # (out * n_groups, gs)
     if optimize:
