@@ -480,7 +480,8 @@ def _quantize_outside(model, arch, plan, hidden, mask, optimize, runtime, result
             collector.mask = act_collector.mask = None if mask is None else mask[sl]
             x = norm(hidden[sl].to(device=ref.device, dtype=ref.dtype))
             collector.add(plan.lm_head, x)
-            act_collector.add(plan.lm_head, x)
+            if head_static:
+                act_collector.add(plan.lm_head, x)
         runtime.parallel.reduce_imatrix(collector.sums, collector.counts, [plan.lm_head])
         if (head := collector.result(plan.lm_head)) is not None and optimize:
             result.imatrix[plan.lm_head] = head
