@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..formats.fp_packing import e8m0_encode, fp8_scale_encode, pack_fp4
+from ..formats.fp_packing import FP4_MAX, FP8_MAX, e8m0_encode, fp8_scale_encode, pack_fp4, static_input_scale
 from ..quant.fp_types import FPQuantized
 from ..schemes import QuantScheme
 
@@ -45,8 +45,6 @@ __all__ = ["FP8_MAX", "FP4_MAX", "LLM_COMPRESSOR_PACKING", "FP8_PACKING", "FP8_S
            "NV_STATIC_ACT", "is_fp_scheme", "fp_packing", "fp_scheme_keys", "act_keys", "fp_config_extras", "fp_layer_tensors",
            "to_sign_magnitude"]
 
-FP8_MAX = 448.0  # largest float8_e4m3fn value
-FP4_MAX = 6.0  # largest E2M1 value
 LLM_COMPRESSOR_PACKING = "auto_round:llm_compressor"  # what auto-round writes (and loads) for MX and NV FP
 FP8_PACKING = "auto_round:fp8"
 FP8_STATIC_PACKING = "auto_round:fp8_static"
@@ -126,8 +124,8 @@ def _input_scale(name: str, scheme: QuantScheme, act_max: "torch.Tensor | None")
     if not bool(torch.isfinite(amax)) or float(amax) <= 0:
         raise ValueError(f"layer {name}: act_max must be a positive finite number, got {float(amax)}")
     if _static_fp8(scheme):
-        return {"input_scale": (amax / FP8_MAX).reshape(1)}
-    return {"input_global_scale": (FP8_MAX * FP4_MAX / amax).reshape(1)}
+        return {"input_scale": static_input_scale("fp", amax).reshape(1)}
+    return {"input_global_scale": static_input_scale("nv_fp", amax).reshape(1)}
 
 
 def _check_shape(name: str, qw: FPQuantized, scheme: QuantScheme) -> None:

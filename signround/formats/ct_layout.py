@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from .fp_packing import e8m0_encode, fp8_scale_encode, pack_fp4
+from .fp_packing import FP4_MAX, FP8_MAX, e8m0_encode, fp8_scale_encode, pack_fp4, static_input_scale
+from .fp_packing import static_act_max as fp_static_act_max
 from .packing import pack_bits
 
 __all__ = ["QUANT_METHOD", "PACK_QUANTIZED", "INT_QUANTIZED", "FLOAT_QUANTIZED", "MXFP8_QUANTIZED", "MXFP4_PACKED",
@@ -47,8 +48,6 @@ MXFP4_PACKED = "mxfp4-pack-quantized"
 NVFP4_PACKED = "nvfp4-pack-quantized"
 MIXED = "mixed-precision"  # the top-level format when groups use different ones (each group names its own)
 
-FP8_MAX = 448.0  # largest E4M3 value
-FP4_MAX = 6.0  # largest E2M1 value
 
 # every tensor a quantized layer may have besides its bias (the reader takes these out of the float tensors)
 LAYER_TENSORS = ("weight", "weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_global_scale",
@@ -188,35 +187,12 @@ def static_input_tensors(scheme, act_max: torch.Tensor) -> dict[str, torch.Tenso
     """``input_scale`` (FP8) or ``input_global_scale`` (NVFP4) of a layer with static activations."""
     amax = act_max.detach().float().reshape(1)
     if scheme.act_dtype == "fp":
-        return {"input_scale": _fp8_input_scale(amax)}
+        return {"input_scale": static_input_scale("fp", amax)}
     if scheme.act_dtype == "nv_fp":
-        return {"input_global_scale": _nvfp4_input_global_scale(amax)}
+        return {"input_global_scale": static_input_scale("nv_fp", amax)}
     raise ValueError(f"no static activation tensors for {scheme.act_dtype} ({scheme.short_name()})")
 
 
-def _fp8_input_scale(amax: torch.Tensor) -> torch.Tensor:
-    return amax / FP8_MAX
-
-
-def _nvfp4_input_global_scale(amax: torch.Tensor) -> torch.Tensor:
-    return FP8_MAX * FP4_MAX / amax
-
-
 def static_act_max(scheme, stored: torch.Tensor) -> torch.Tensor:
-    """The 0-d float32 act max whose stored form (``static_input_tensors``) is exactly ``stored``.
-
-    ``input_scale * 448`` or ``448 * 6 / input_global_scale`` rounded in float32 can be one ulp off the max
-    the writer had, so the activation quantizer would recompute a scale one ulp off the file's; the float32
-    neighbours of that estimate are searched for the one that reproduces the stored value exactly.
-    """
-    forward = _fp8_input_scale if scheme.act_dtype == "fp" else _nvfp4_input_global_scale
-    target = stored.detach().float().reshape(())
-    guess = target * FP8_MAX if scheme.act_dtype == "fp" else FP8_MAX * FP4_MAX / target
-    below = above = guess
-    for _ in range(4):
-        for cand in (below, above):
-            if torch.equal(forward(cand), target):
-                return cand
-        below = torch.nextafter(below, torch.tensor(-math.inf))
-        above = torch.nextafter(above, torch.tensor(math.inf))
-    return guess
+    """The act max whose stored form is exactly ``stored`` (``fp_packing.static_act_max``)."""
+    return fp_static_act_max(scheme.act_dtype, stored)

@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["pack_fp4", "unpack_fp4", "e8m0_encode", "e8m0_decode", "fp8_scale_encode"]
+__all__ = ["pack_fp4", "unpack_fp4", "e8m0_encode", "e8m0_decode", "fp8_scale_encode", "FP8_MAX", "FP4_MAX",
+           "static_input_scale", "static_act_max"]
 
 
 def pack_fp4(codes: torch.Tensor) -> torch.Tensor:
@@ -53,3 +56,32 @@ def fp8_scale_encode(scale: torch.Tensor) -> torch.Tensor:
     if not torch.equal(stored.float(), scale.float()):
         raise ValueError("FP8 scales must be exactly representable in E4M3")
     return stored
+
+
+FP8_MAX = 448.0  # largest float8_e4m3fn value
+FP4_MAX = 6.0  # largest E2M1 value
+
+
+def static_input_scale(act_dtype: str, amax: torch.Tensor) -> torch.Tensor:
+    """The stored form of a calibrated max |input|, the same in every format: FP8 ``input_scale = amax / 448``,
+    NVFP4 ``input_global_scale = 448 * 6 / amax``."""
+    return amax / FP8_MAX if act_dtype == "fp" else FP8_MAX * FP4_MAX / amax
+
+
+def static_act_max(act_dtype: str, stored: torch.Tensor) -> torch.Tensor:
+    """The 0-d float32 max |input| whose stored form (``static_input_scale``) is exactly ``stored``.
+
+    Inverting in float32 can land one ulp off the max the writer had, and the activation quantizer would then
+    recompute a scale one ulp off the file's: the float32 neighbours of the estimate are searched for the one
+    that reproduces the stored value exactly (a value written by another tool may have none: the estimate).
+    """
+    target = stored.detach().float().reshape(())
+    guess = target * FP8_MAX if act_dtype == "fp" else FP8_MAX * FP4_MAX / target
+    below = above = guess
+    for _ in range(4):
+        for cand in (below, above):
+            if torch.equal(static_input_scale(act_dtype, cand), target):
+                return cand
+        below = torch.nextafter(below, torch.tensor(-math.inf))
+        above = torch.nextafter(above, torch.tensor(math.inf))
+    return guess

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ..export.auto_round_fp import FP4_MAX, FP8_MAX, NV_STATIC_ACT
-from ..formats.fp_packing import e8m0_decode, unpack_fp4
+from ..export.auto_round_fp import NV_STATIC_ACT
+from ..formats.fp_packing import e8m0_decode, static_act_max, unpack_fp4
 from ..quant.fp_types import FPQuantized
 from ..schemes import DATA_TYPES, QuantScheme
 from .layouts import CheckpointError, check_finite
@@ -227,7 +227,7 @@ def _act_max(r: _Reader, scheme: QuantScheme) -> torch.Tensor | None:
         raise CheckpointError(f"{r.at(key)} has {t.numel()} values, expected one per tensor")
     _positive(t, r.at(key))
     value = t.reshape(())
-    return FP8_MAX * FP4_MAX / value if key == "input_global_scale" else value * FP8_MAX
+    return static_act_max(scheme.act_dtype, value)
 
 
 @dataclass
