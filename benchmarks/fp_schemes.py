@@ -10,9 +10,11 @@ float model: KL divergence per token and perplexity.
 
 Evaluation is the same for both tools: each tool's quantized weights are loaded into the float model, and
 activations are fake-quantized by signround's ``quant/act.py`` with the scheme's activation settings; the
-static maxima (FP8_STATIC, NVFP4's global input scale) are the ones calibrated by the signround run of the
-same scheme, i.e. the float model's max |input| per layer on the calibration rows, which is what AutoRound
-calibrates too. So the KL columns compare the weights each tool chose under identical activation handling.
+static maxima (FP8_STATIC, NVFP4's global input scale) are the float model's max |input| per Linear on the
+calibration rows, computed once by the benchmark (what both tools calibrate; signround's own calibrated maxima
+are compared with them and the difference printed). So the KL columns compare the weights each tool chose
+under identical activation handling. Plain RTN with static inputs: signround refuses it (RTN reads no data),
+so its RTN row rounds the weights with dynamic inputs (RTN weights do not depend on them).
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ def _child(tool: str, scheme: str, method: str, iters: int, nsamples: int, seqle
     else:
         from signround import AutoRound
 
+        from signround.schemes import resolve_scheme
+
+        s = resolve_scheme(scheme)
+        if method == "rtn" and s.quantizes_activations and not s.act_dynamic:
+            # Plain RTN reads no data, so signround refuses static input scales with it; its weights do not depend
+            # on the inputs, so round them with dynamic inputs; the evaluation brings the calibrated maxima.
+            kw["act_dynamic"] = True
         ar = AutoRound(model, tok, scheme, nsamples=nsamples, seqlen=seqlen, batch_size=BATCH, dataset=ids,
                        tune_dtype="float32", show_progress=False, **kw)
         _, result = ar.quantize()
@@ -79,6 +88,28 @@ def _child(tool: str, scheme: str, method: str, iters: int, nsamples: int, seqle
     torch.save(_linear_weights(model), out_path)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(out_path + ".json").write_text(json.dumps({"seconds": seconds, "peak_rss_mib": rss, "act_max": act_max}))
+
+
+@torch.no_grad()
+def _float_input_max(model, ids: torch.Tensor) -> dict[str, float]:
+    """max |input| of every Linear of the float model over the calibration rows (what both tools calibrate)."""
+    out: dict[str, float] = {}
+
+    def hook(name):
+        def fn(_module, args):
+            m = float(args[0].detach().abs().max())
+            out[name] = max(out.get(name, 0.0), m)
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    try:
+        for start in range(0, ids.shape[0], BATCH):
+            model(ids[start:start + BATCH])
+    finally:
+        for h in handles:
+            h.remove()
+    return out
 
 
 def _evaluate(weights: dict[str, torch.Tensor], scheme_name: str, act_max: dict[str, float], rows, float_model):
@@ -118,6 +149,7 @@ def main() -> None:
 
     from common import heldout_rows, load_smollm2, machine_line
     from signround.calib import get_calibration_data
+    from signround.schemes import resolve_scheme
 
     print(machine_line())
     lm = load_smollm2()
@@ -128,7 +160,9 @@ def main() -> None:
         ids_path = os.path.join(tmp, "ids.pt")
         torch.save(calib.input_ids, ids_path)
         for scheme in args.schemes.split(","):
-            act_max: dict[str, float] = {}
+            s = resolve_scheme(scheme)
+            static = s.quantizes_activations and not s.act_dynamic
+            act_max = _float_input_max(lm.model, calib.input_ids) if static else {}
             for method in args.methods.split(","):
                 for tool in args.tools.split(","):  # signround first: its calibrated maxima serve both
                     out = os.path.join(tmp, f"{tool}-{scheme}-{method}.pt")
@@ -141,7 +175,12 @@ def main() -> None:
                         table.append({"tool": tool, "scheme": scheme, "method": method, "error": proc.returncode})
                         continue
                     info = json.loads(Path(out + ".json").read_text())
-                    act_max = info["act_max"] or act_max
+                    if info["act_max"]:  # signround's own calibration must agree with the parent's
+                        common = [n for n in act_max if n in info["act_max"]]
+                        worst = max((abs(info["act_max"][n] - act_max[n]) / max(act_max[n], 1e-12) for n in common),
+                                    default=float("nan"))
+                        print(f"calibrated maxima of {len(common)} layers: signround vs the float pass, max rel diff {worst:.2e}",
+                              flush=True)
                     res = _evaluate(torch.load(out), scheme, act_max, rows, lm.model)
                     row = {"tool": tool, "scheme": scheme, "method": method,
                            "iters": args.iters if method == "signround" else 0, "quantize_s": info["seconds"],
