@@ -91,25 +91,17 @@ def _child(tool: str, scheme: str, method: str, iters: int, nsamples: int, seqle
 
 
 @torch.no_grad()
-def _float_input_max(model, ids: torch.Tensor) -> dict[str, float]:
+def _float_input_max(model, calib) -> dict[str, float]:
     """max |input| of every Linear of the float model over the calibration rows (what both tools calibrate)."""
-    out: dict[str, float] = {}
+    from signround.tune.act_inputs import ActMaxCollector
 
-    def hook(name):
-        def fn(_module, args):
-            m = float(args[0].detach().abs().max())
-            out[name] = max(out.get(name, 0.0), m)
-        return fn
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and n != "lm_head"]
-    try:
-        for start in range(0, ids.shape[0], BATCH):
-            model(ids[start:start + BATCH])
-    finally:
-        for h in handles:
-            h.remove()
-    return out
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    with ActMaxCollector().watch(linears) as collector:
+        for start in range(0, calib.input_ids.shape[0], BATCH):
+            mask = calib.attention_mask[start:start + BATCH] if calib.attention_mask is not None else None
+            collector.mask = mask
+            model(calib.input_ids[start:start + BATCH], attention_mask=mask)
+    return {n: float(v) for n, v in collector.max.items()}
 
 
 def _evaluate(weights: dict[str, torch.Tensor], scheme_name: str, act_max: dict[str, float], rows, float_model):
@@ -162,7 +154,7 @@ def main() -> None:
         for scheme in args.schemes.split(","):
             s = resolve_scheme(scheme)
             static = s.quantizes_activations and not s.act_dynamic
-            act_max = _float_input_max(lm.model, calib.input_ids) if static else {}
+            act_max = _float_input_max(lm.model, calib) if static else {}
             for method in args.methods.split(","):
                 for tool in args.tools.split(","):  # signround first: its calibrated maxima serve both
                     out = os.path.join(tmp, f"{tool}-{scheme}-{method}.pt")
