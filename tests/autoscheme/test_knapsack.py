@@ -98,7 +98,7 @@ def test_choose_head_rule_budget_and_units():
 
 def test_target_outside_options_fails_listing_them():
     options, shapes = _toy()
-    with pytest.raises(BadInputError, match=r"W2A16G64 2\.28.*W4A16 4\.16.*W8A16 8\.1"):
+    with pytest.raises(BadInputError, match=r"W2A16G64 2\.28.*W4A16 4\.15.*W8A16 8\.1"):
         check_budget(1.5, options, shapes, {})
     with pytest.raises(BadInputError, match="outside"):
         check_budget(9, options, shapes, {})
