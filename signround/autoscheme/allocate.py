@@ -48,7 +48,7 @@ def check_budget(avg_bits: float, options: Mapping[str, QuantScheme], candidates
         raise BadInputError("AutoScheme: no layer is left to choose a scheme for (every quantized layer is fixed by "
                             "layer_config or kept float)")
     n_cand = sum(o * i for o, i in candidates.values())
-    total = n_cand + sum(o * i for _, (o, i) in fixed.items())
+    total = n_cand + sum(o * i for _, (o, i) in fixed.values())
     fixed_bits = sum(layer_bits(s, shape, ignore_scale_zp_bits) for s, shape in fixed.values())
     option_avg = {name: _costs(candidates, s, ignore_scale_zp_bits) / n_cand for name, s in options.items()}
     listing = ", ".join(f"{n} {v:.4g}" for n, v in option_avg.items())
