@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from ..errors import BadInputError
 from ..schemes import QuantScheme, resolve_scheme
 
-__all__ = ["AutoScheme", "resolve_options", "parse_shared_layers"]
+__all__ = ["AutoScheme", "resolve_options", "parse_shared_layers", "auto_scheme_from"]
 
 
 def _names(value: "str | Sequence[Any]") -> list:
@@ -99,3 +99,26 @@ class AutoScheme:
     def to_dict(self) -> dict[str, Any]:
         return {"avg_bits": self.avg_bits, "options": list(self.schemes), "shared_layers": [list(g) for g in self.shared_layers],
                 "ignore_scale_zp_bits": self.ignore_scale_zp_bits}
+
+
+_CLI_FIELDS = ("avg_bits", "options", "shared_layers", "ignore_scale_zp_bits")
+
+
+def auto_scheme_from(scheme: Any, opts: Any) -> "AutoScheme | None":
+    """The run's AutoScheme: ``scheme`` itself, or one made of the options ``avg_bits``/``options``/... (the CLI's);
+    None when neither asks for one. ``avg_bits`` and ``options`` go together (checked before the model loads)."""
+    given = {k: opts.get(k) for k in _CLI_FIELDS if opts.is_given(k)}
+    if isinstance(scheme, AutoScheme):
+        if given:
+            raise BadInputError(f"scheme is an AutoScheme: pass {', '.join(given)} to it, not as separate options")
+        return scheme
+    if not given:
+        return None
+    if "avg_bits" not in given or "options" not in given:
+        missing = "options" if "avg_bits" in given else "avg_bits"
+        raise BadInputError(f"AutoScheme needs both avg_bits and options: {missing} is missing "
+                            f"(e.g. --avg_bits 3 --options W2A16G64,W4A16)")
+    if scheme is not None:
+        raise BadInputError(f"scheme {scheme!r} and AutoScheme options ({', '.join(given)}) both choose the scheme; "
+                            f"give one of them")
+    return AutoScheme(**given)
