@@ -67,7 +67,7 @@ def choose_scheme(auto: AutoScheme, plan: QuantPlan, fmts: list[Format], build: 
     scores = sensitivity(model, arch, cands, options, input_ids, mask, replace(weights, keep=False),
                          runtime.forward_batch_size, max_memory=runtime.max_memory, device=runtime.device)
     seconds = time.time() - t0
-    fuses = any(FORMATS[f].fuses_qkv for f in fmts)
+    fuses = not fmts or any(FORMATS[f].fuses_qkv for f in fmts)  # no format yet (quantize()): any may follow
     units = build_units(list(cands), plan.blocks_prefix, arch.fused_groups if fuses else (), auto.shared_layers)
     head = plan.lm_head if plan.lm_head in cands else None
     choice = choose(units, shapes, options, scores, budget, head, auto.ignore_scale_zp_bits)
