@@ -54,6 +54,17 @@ def test_budget_groups_fixed_layer_and_load_back(tiny, calib_ids, tmp_path):
     assert torch.equal(logits(loaded, calib_ids), logits(model, calib_ids))
 
 
+@pytest.mark.parametrize("fmt", ["auto_gptq", "llm_compressor"])
+def test_other_formats_carry_the_mix(tiny, calib_ids, tmp_path, fmt):
+    model = tiny("llama")
+    ar = AutoRound(model, scheme=AutoScheme(avg_bits=3.6, options=OPTIONS), iters=0, dataset=calib_ids, nsamples=8,
+                   seqlen=32, show_progress=False)
+    ar.quantize()
+    assert len({p.scheme.bits for p in ar._plan.quantized()}) == 2
+    out = ar.save_quantized(tmp_path, fmt)[0]
+    assert torch.equal(logits(load_quantized(out), calib_ids), logits(model, calib_ids))
+
+
 def test_checks_before_the_model_loads():
     with pytest.raises(BadInputError, match="options is missing"):
         QuantRequest.build(None, {"avg_bits": 3.0})
