@@ -7,7 +7,7 @@ Both runs use the same method (optimised RTN with ``--iters 0``, SignRound other
 (the bundled corpus, ``--nsamples`` x ``--seqlen``) and are evaluated on the same held-out windows against the
 float model: KL divergence per token and perplexity. ``--avg_bits`` defaults to the uniform scheme's own bits
 per weight as AutoScheme counts them (W3A16: 3 + 19/128 = 3.148), so both models have the same size. The
-AutoScheme row also gives the achieved average bits and the seconds of its one sensitivity pass.
+AutoScheme row also gives the achieved average bits (the seconds of its one sensitivity pass are in its log line).
 """
 
 from __future__ import annotations
