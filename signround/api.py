@@ -19,7 +19,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
@@ -33,6 +33,9 @@ from .plan import QuantPlan, build_plan
 from .record import resolve_source
 from .request import QuantRequest
 from .schemes import QuantScheme
+
+if TYPE_CHECKING:
+    from .autoscheme import AutoScheme
 from .tune.distributed import DataParallel
 from .tune.act_inputs import act_schemes, attach_quantized_inputs, check_static_needs_data
 from .tune.driver import QuantizeResult, quantize_model
@@ -65,7 +68,7 @@ class AutoRound:
     """
 
     def __init__(self, model: "str | torch.nn.Module", tokenizer: Any = None,
-                 scheme: "str | QuantScheme | dict | None" = None, **options: Any) -> None:
+                 scheme: "str | QuantScheme | dict | AutoScheme | None" = None, **options: Any) -> None:
         self.request = QuantRequest.build(scheme, options)  # every check that needs no model, before loading
         self.options = self.request.options
         self.run: RunConfig = self.request.run
@@ -77,6 +80,7 @@ class AutoRound:
         self.calibration_rows: int | None = None
         self._work: WorkDir | None = None  # the block checkpoints this run writes (removed after the export)
         self._act_max: dict[str, torch.Tensor] = {}  # calibrated input maxima of static-activation layers
+        self._auto = None  # the AutoScheme choice (autoscheme/run.py), once made
 
     # -- set-up ---------------------------------------------------------------------------------
     @staticmethod
@@ -109,10 +113,31 @@ class AutoRound:
         fmts = parse_formats(formats) if formats else self.request.default_formats()
         return self._plan_for(fmts, resolve_run(self.options, fmts))
 
-    def _plan_for(self, fmts: list[Format], run: RunConfig) -> QuantPlan:
+    def _plan_for(self, fmts: list[Format], run: RunConfig, extra: "dict | None" = None) -> QuantPlan:
+        layer_config = self.options.get("layer_config")
+        extra = extra if extra is not None else self._auto.layer_config if self._auto is not None else None
+        if extra:  # AutoScheme's exact names, for the layers the user's layer_config leaves free
+            layer_config = {**(layer_config or {}), **extra}
         return build_plan(self.model, self.arch, self.request.scheme_for(fmts),
-                          layer_config=self.options.get("layer_config"), ignore_layers=self.options.get("ignore_layers"),
+                          layer_config=layer_config, ignore_layers=self.options.get("ignore_layers"),
                           quant_lm_head=self.options.get("quant_lm_head"), formats=fmts, has_imatrix=run.optimize_rtn)
+
+    def _choose_scheme(self, fmts: list[Format]) -> None:
+        """AutoScheme: the options checked, one sensitivity pass, the knapsack; the plan is rebuilt with the choice."""
+        from .autoscheme.run import choose_scheme
+        from .calib import get_calibration_data
+
+        def calibration(nsamples: int, seqlen: int):
+            positions = max_positions(self.model)
+            data = get_calibration_data(self.tokenizer, self.run.dataset, nsamples=nsamples,
+                                        seqlen=min(seqlen, positions or seqlen), seed=self.run.tuning.seed)
+            return data.input_ids, data.attention_mask
+
+        self._auto = choose_scheme(self.request.auto_scheme, self._plan, fmts,
+                                   lambda extra: self._plan_for(fmts, self.run, extra), self.model, self.arch,
+                                   calibration, (self.run.nsamples, self.run.seqlen), self.loaded.weights,
+                                   self.run.runtime)
+        self._plan = self._plan_for(fmts, self.run)
 
     def output_dirs(self, output_dir: "str | Path", formats: "str | Iterable[str] | None" = None) -> list[Path]:
         """Where each format will be written (a child of ``output_dir`` per format)."""
@@ -171,6 +196,8 @@ class AutoRound:
         # Data parallel under torchrun (or an initialised process group): every rank tunes on 1/N of the rows.
         self.run = self.run.with_parallel(DataParallel.from_environment(self.run.runtime.device))
         self._plan = self._plan_for(fmts, self.run)
+        if self.request.auto_scheme is not None and self._auto is None:
+            self._choose_scheme(fmts)
         check_static_needs_data(act_schemes(self._plan.quantized()), self.run.method)
         logger.info("plan: %s", self._plan.summary())
         logger.debug("plan:\n%s", self._plan.table())
@@ -204,6 +231,8 @@ class AutoRound:
         """Every resolved choice of this run (method, tuning, calibration actually used, runtime, versions)."""
         record = self.run.record()
         record.update(dataset=self.calibration_source or None, calibration_rows=self.calibration_rows)
+        if self._auto is not None:
+            record["auto_scheme"] = self._auto.record
         if self.calibration_rows is None:
             record.update(nsamples=None, seqlen=None)  # no data was read
         return record

@@ -163,6 +163,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("resume", bool, False, "require continuing a killed run of the same command from its last finished block "
            "(it continues automatically whenever that run's checkpoint exists)", _R, cli="true"),
     Option("show_progress", bool, True, "progress bars (the CLI's -q turns them off)", _R, cli="none"),
+    # AutoScheme (signround/autoscheme): the same fields as signround.AutoScheme, for the command line.
+    Option("avg_bits", float, None, "AutoScheme: target average bits per weight; each layer gets one of --options "
+           "(needs --options)", "AutoScheme", _positive),
+    Option("options", (str, list, tuple), None, "AutoScheme: comma-separated presets to choose from, e.g. "
+           "W2A16G64,W4A16,W8A16 or GGUF:Q2_K_S,GGUF:Q4_K_S,BF16 (needs --avg_bits)", "AutoScheme"),
+    Option("shared_layers", (str, list, tuple), None, "AutoScheme: layers that share one option within each block, "
+           "names or regexes; ',' inside a group, ';' between groups", "AutoScheme"),
+    Option("ignore_scale_zp_bits", bool, False, "AutoScheme: count only the weights' bits, not scales and zero "
+           "points", "AutoScheme", cli="true"),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}

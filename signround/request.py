@@ -34,15 +34,21 @@ class QuantRequest:
     scheme_given: bool
     gguf_mix: str | None  # a GGUF:<MIX> preset's llama.cpp mix
     run: RunConfig  # resolved for the default formats; re-resolved once the formats are known
+    auto_scheme: Any = None  # an AutoScheme (signround.autoscheme): the plan is chosen per layer among its options
 
     @classmethod
-    def build(cls, scheme: "str | QuantScheme | Mapping[str, Any] | None", options: Mapping[str, Any]) -> "QuantRequest":
+    def build(cls, scheme: "str | QuantScheme | Mapping[str, Any] | Any | None", options: Mapping[str, Any]) -> "QuantRequest":
+        from .autoscheme.config import auto_scheme_from
+
         opts = UserOptions.from_kwargs(options)
+        auto = auto_scheme_from(scheme, opts)
+        if auto is not None:
+            scheme = auto.options[0]  # the default scheme (names the output); every candidate layer gets a choice
         overrides = {k: opts.get(k) for k in _SCHEME_OVERRIDES}
         resolved = resolve_scheme("W4A16" if scheme is None else scheme, **overrides)
         mix = gguf_preset_mix(scheme)
         default_formats = parse_formats(f"gguf:{mix}") if mix else []
-        request = cls(opts, resolved, scheme is not None, mix, resolve_run(opts, default_formats))
+        request = cls(opts, resolved, scheme is not None, mix, resolve_run(opts, default_formats), auto)
         from .tune.act_inputs import check_static_needs_data
 
         check_static_needs_data({"default scheme": resolved}, request.run.method)  # before the model loads

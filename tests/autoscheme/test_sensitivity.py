@@ -1,0 +1,88 @@
+"""The one-pass sensitivity: exact gradients from the streamed backward, and a ranking that follows the true loss."""
+
+import pytest
+import torch
+
+from signround.autoscheme.sensitivity import layer_gradients, rtn_weight, sensitivity
+from signround.model.arch import arch_facts
+from signround.plan import build_plan
+from signround.schemes import resolve_scheme
+
+
+def _layers(model, **kw):
+    plan = build_plan(model, arch_facts(model), resolve_scheme("W4A16"), **kw)
+    return {p.name: p for p in plan.quantized()}
+
+
+def test_streamed_backward_equals_full_model_backward(tiny, calib_ids):
+    model = tiny("llama")
+    arch = arch_facts(model)
+    mask = torch.ones_like(calib_ids)
+    mask[0, 20:] = 0  # right padding: excluded from the loss
+    mask[3, 9:] = 0
+    layers = _layers(model, quant_lm_head=True)
+    grads = {}
+    loss = layer_gradients(model, arch, layers, calib_ids, mask, lambda p, g, w: grads.__setitem__(p.name, g.clone()),
+                           batch_size=3)
+    assert all(p.grad is None for p in model.parameters())  # the pass leaves no state on the modules
+    labels = calib_ids.masked_fill(mask == 0, -100)
+    ref = model(input_ids=calib_ids, labels=labels).loss
+    ref.backward()
+    assert loss == pytest.approx(float(ref), rel=1e-5)
+    assert set(grads) == set(layers) and "lm_head" in grads
+    for name in layers:
+        g = model.get_submodule(name).weight.grad
+        assert g.abs().max() > 0
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-8)
+
+
+def _spearman(a, b):
+    ra, rb = (torch.tensor(x).argsort().argsort().double() for x in (a, b))
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ranking_follows_the_exact_loss_increase(tiny, seed):
+    """A random tiny model at its initial scale predicts near-uniformly, so quantizing any layer changes its loss by
+    noise. Its Linear weights are scaled x6 (peaked predictions) and the calibration rows are sampled from the model
+    itself, so the loss is meaningful. Measured over seeds 0-3: Spearman 0.91-0.95 over all (layer, option) pairs,
+    0.76-0.87 among layers under W2A16G64; the bounds leave a margin (W8A16 changes the loss by less than
+    first-order noise and is not ranked on its own)."""
+    model = tiny("llama", seed=seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(6.0)
+    model.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 512, (8, 1), generator=g)
+    with torch.no_grad():
+        for _ in range(31):
+            probs = model(input_ids=ids).logits[:, -1].float().softmax(-1)
+            ids = torch.cat([ids, torch.multinomial(probs, 1, generator=g)], 1)
+    arch = arch_facts(model)
+    layers = _layers(model)
+    options = {n: resolve_scheme(n) for n in ("W2A16G64", "W3A16", "W8A16")}
+    scores = sensitivity(model, arch, layers, options, ids, None, batch_size=4)
+    est, exact = [], []
+    with torch.no_grad():
+        base = float(model(input_ids=ids, labels=ids).loss)
+        for name, plan in layers.items():
+            module = model.get_submodule(name)
+            w0 = module.weight.detach().clone()
+            for o, s in options.items():
+                module.weight.copy_(rtn_weight(plan, s, w0))
+                exact.append(float(model(input_ids=ids, labels=ids).loss) - base)
+                module.weight.copy_(w0)
+                est.append(scores[name][o])
+    assert _spearman(est, exact) > 0.8
+    assert _spearman(est[0::3], exact[0::3]) > 0.6
+    assert all(scores[n]["W2A16G64"] > scores[n]["W8A16"] for n in layers)
+
+
+def test_float_option_scores_zero(tiny, calib_ids):
+    model = tiny("llama")
+    layers = _layers(model)
+    scores = sensitivity(model, arch_facts(model), layers, {"BF16": resolve_scheme("BF16"),
+                                                            "W4A16": resolve_scheme("W4A16")}, calib_ids, None)
+    assert all(s["BF16"] == 0.0 and s["W4A16"] > 0 for s in scores.values())
