@@ -315,6 +315,7 @@ def run_lm_eval(model_path: "str | Path", tasks: "str | Sequence[str]", *, backe
     ``errors`` and the others still run. The table is printed (``show``) and everything is saved as JSON
     beside the model (``results_path``).
     """
+    require_lm_eval()
     target = model_target(model_path, backend)
     _check_backend(backend)
     resolved, manager = check_tasks(tasks)
