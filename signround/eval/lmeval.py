@@ -218,7 +218,7 @@ def _is_ours(path: Path) -> bool:
 
 
 def results_path(target: Path, output: "str | Path | None" = None) -> Path:
-    """Where the results go (``DIR/lm_eval_results.json``, or ``<file>.lm_eval_results.json`` beside a .gguf);
+    """Where the results go (``DIR/lm_eval_results.json``, or ``<file>.lm_eval_results.json`` beside a file);
     refused before any work when that is a file we did not write or a folder we cannot write."""
     path = Path(output) if output else (target / RESULTS_FILE if target.is_dir()
                                         else target.with_name(f"{target.name}.{RESULTS_FILE}"))
@@ -319,7 +319,7 @@ def run_lm_eval(model_path: "str | Path", tasks: "str | Sequence[str]", *, backe
     target = model_target(model_path, backend)
     _check_backend(backend)
     resolved, manager = check_tasks(tasks)
-    out_path = results_path(target, output)
+    out_path = results_path(Path(model_path).expanduser(), output)  # a folder given: inside it
     import lm_eval
 
     t0 = time.time()
