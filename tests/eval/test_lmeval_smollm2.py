@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.model, pytest.mark.interop]
 TASKS = str(Path(__file__).resolve().parents[1] / "lmeval")
 MC_SLACK = 3 / 16  # at most three questions of sixteen
 BPB_SAME_WEIGHTS = 0.005  # the same weights in llama.cpp and torch (measured 0.0008)
-BPB_W4 = 0.15  # 4-bit RTN costs bits per byte (measured +0.05 .. +0.08)
+BPB_W4 = 0.2  # what plain 4-bit RTN costs in bits per byte (measured: W4 g128 +0.123, gguf q4_0 +0.105)
 
 
 def _numbers(res):
