@@ -292,6 +292,7 @@ class AutoRound:
         written = [export_model(data, fmt, target, overwrite=overwrite) for fmt, target in zip(fmts, targets)]
         self._finish_work()
         parallel.barrier()
+        self._evaluate(written)
         return written
 
     def quantize_and_save(self, output_dir: "str | Path" = "tmp_signround", format: str | None = None,
@@ -328,4 +329,12 @@ class AutoRound:
         if self.run.runtime.parallel.is_main:
             self._finish_work()
         self.run.runtime.parallel.barrier()
+        self._evaluate(targets)
         return targets
+
+    def _evaluate(self, written: list[Path]) -> None:
+        """``tasks`` given: lm-eval on the first output (rank 0 only), its table printed and saved beside it."""
+        if self.options.get("tasks") and self.run.runtime.parallel.is_main:
+            from .eval.lmeval import evaluate_export
+
+            evaluate_export(written, self.options, "cuda" if self.run.runtime.device.startswith("cuda") else "cpu")

@@ -6,6 +6,7 @@
     signround --model DIR --iters 0                     (optimised RTN; add --disable_opt_rtn for plain RTN)
     signround list format|scheme|recipe
     signround eval --model out/<dir> --ppl
+    signround eval --model out/<dir> --tasks hellaswag,my_tasks/ [--limit N] [--eval_backend hf|vllm|llamacpp]
     signround verify out/<dir> [--float_model DIR]      (every installed loader, logits compared)
     signround convert --model <GPTQ or AWQ dir> --output_dir out/   (to the auto_round format)
     torchrun --nproc_per_node N -m signround --model DIR ...         (data parallel: 1/N of the rows per rank)
@@ -184,16 +185,26 @@ def _list(argv: Sequence[str]) -> int:
 
 def _eval(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="signround eval",
-                                description="Perplexity and KL divergence of an exported model on held-out text.")
-    p.add_argument("--model", required=True, help="an exported directory (auto_round or fake format)")
+                                description="Perplexity and KL divergence of an exported model on held-out text; "
+                                            "with --tasks, lm-eval tasks instead.")
+    p.add_argument("--model", required=True, help="an exported directory (auto_round or fake format); with --tasks, "
+                                                  "any format we write, a float HF directory, or a .gguf")
     p.add_argument("--ppl", action="store_true", help="perplexity and KL divergence (the default and only metric)")
     p.add_argument("--float_model", help="the float model to compare with [the source recorded in signround.json]")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per evaluation window [512]")
     p.add_argument("--max_windows", type=int, default=40, help="at most this many windows [40]")
     p.add_argument("--text", help="a text file to evaluate on [the bundled held-out text]")
+    p.add_argument("--eval_output", help="lm-eval results file [MODEL/lm_eval_results.json]")
+    from .options import EVAL_OPTIONS
+
+    g = p.add_argument_group("lm-eval (with --tasks)")
+    for opt in EVAL_OPTIONS:
+        _add_option(g, opt)
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
     _setup_logging(args.quiet)
+    if args.tasks:
+        return _lm_eval(args)
     from pathlib import Path
 
     from transformers import AutoTokenizer
@@ -219,6 +230,20 @@ def _eval(argv: Sequence[str]) -> int:
     res = evaluate(model, rows, float_model)
     note = {"float_model_note": n} if source and (n := float_model_note(source)) else {}
     print(json.dumps({"model": str(folder), "float_model": source, **note, **res.as_dict()}, indent=1))
+    return 0
+
+
+def _lm_eval(args: argparse.Namespace) -> int:
+    """``signround eval --tasks``: lm-eval on the model; exit 1 when a task failed (with --eval_task_by_task)."""
+    from .eval.lmeval import run_lm_eval
+    from .options import EVAL_OPTIONS, UserOptions
+
+    opts = UserOptions({o.name: getattr(args, o.name) for o in EVAL_OPTIONS})  # type and range checks
+    res = run_lm_eval(args.model, opts.get("tasks"), backend=opts.get("eval_backend"), limit=opts.get("limit"),
+                      num_fewshot=opts.get("num_fewshot"), batch_size=opts.get("eval_bs"),
+                      task_by_task=opts.get("eval_task_by_task"), output=args.eval_output)
+    if res.get("errors"):
+        raise CheckFailedError(f"{len(res['errors'])} task(s) failed: {', '.join(res['errors'])}")
     return 0
 
 

@@ -20,7 +20,7 @@ from .method import Method
 from .recipes import RECIPES
 from .tune.precision import DTYPE_NAMES
 
-__all__ = ["Option", "OPTIONS", "UserOptions", "CALIBRATION_DEFAULTS", "GGUF_DEFAULT_ITERS", "option"]
+__all__ = ["Option", "OPTIONS", "EVAL_OPTIONS", "UserOptions", "CALIBRATION_DEFAULTS", "GGUF_DEFAULT_ITERS", "option"]
 
 # Calibration rows x tokens when left unset, by method. Tuning fits every weight's rounding (AutoRound's
 # 128 x 2048); optimised RTN only needs the importance matrix (mean x^2 per input column), which settles
@@ -98,7 +98,14 @@ class Option:
         return f"{self.help} [{self.default}]"
 
 
-_S, _T, _R = "scheme", "tuning (SignRound)", "runtime"
+_S, _T, _R, _E = "scheme", "tuning (SignRound)", "runtime", "evaluation"
+
+
+def _tasks_problem(v: Any) -> str | None:
+    """lm-eval installed, task paths readable and names known: checked before the model loads."""
+    from .eval.lmeval import tasks_problem
+
+    return tasks_problem(v)
 _it = f"200 ({GGUF_DEFAULT_ITERS} with a gguf format)"
 _ns = " / ".join(f"{m.label}: {n}" for m, (n, _) in CALIBRATION_DEFAULTS.items())
 _sl = " / ".join(f"{m.label}: {s}" for m, (_, s) in CALIBRATION_DEFAULTS.items())
@@ -172,9 +179,22 @@ OPTIONS: tuple[Option, ...] = (
            "names or regexes; ',' inside a group, ';' between groups", "AutoScheme"),
     Option("ignore_scale_zp_bits", bool, False, "AutoScheme: count only the weights' bits, not scales and zero "
            "points", "AutoScheme", cli="true"),
+    *(_EVAL_OPTIONS := (  # lm-eval after the export (signround/eval/lmeval.py); `signround eval` takes the same rows
+        Option("tasks", (str, list, tuple), None, "after the export, evaluate the first output with lm-eval on these "
+               "comma-separated task names and/or local task YAML files or folders", _E, _tasks_problem),
+        Option("limit", float, None, "lm-eval: at most N documents per task (a fraction if < 1)", _E, _positive),
+        Option("num_fewshot", int, None, "lm-eval: few-shot examples per prompt", _E, _at_least(0),
+               resolved="each task's own"),
+        Option("eval_bs", int, 8, "lm-eval batch size", _E, _at_least(1)),
+        Option("eval_backend", str, "hf", "lm-eval backend: hf (signround's loader), vllm, llamacpp (a GGUF output "
+               "always uses llamacpp)", _E, _one_of("hf", "vllm", "llamacpp")),
+        Option("eval_task_by_task", bool, False, "lm-eval: one run per task; a failing task is reported and the "
+               "others still run", _E, cli="true"),
+    )),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
+EVAL_OPTIONS: tuple[Option, ...] = _EVAL_OPTIONS
 
 
 def option(name: str) -> Option:
