@@ -4,7 +4,8 @@ The kernel computes ``(x @ q.T) * scale`` for signed int8 ``q`` (out, in) and on
 Our codes are unsigned with zero points, ``w = s * (c - zp) = s * (c - 128) + s * (128 - zp)``: the
 signed codes are ``c - 128`` and the second term, zero for symmetric layers, is a rank-G correction
 ``x_g.sum() * s_g * (128 - zp_g)``. Per-group layers run the kernel once per group (the per-group
-equivalent of the per-channel kernel); the last partial group is padded with zero columns.
+equivalent of the per-channel kernel); the last partial group is padded with zero columns, and each group
+to a multiple of 16 columns (the kernel reads out of bounds otherwise: it crashes on in=100).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from ..quant.types import QuantizedWeight
 
 __all__ = ["PackedInt8Linear"]
+
+_COL_MULTIPLE = 16  # _weight_int8pack_mm needs in % 16 == 0
 
 
 class PackedInt8Linear(torch.nn.Module):
@@ -29,9 +32,11 @@ class PackedInt8Linear(torch.nn.Module):
         self.bits, self.group_size, self.sym = 8, qw.group_size, qw.sym
         groups = qw.scale.shape[1]
         self.group = self.in_features if groups == 1 else qw.group_size
+        self.width = -(-self.group // _COL_MULTIPLE) * _COL_MULTIPLE  # stored columns per group
         padded = torch.zeros(self.out_features, groups * self.group, dtype=torch.int16)
         padded[:, : self.in_features] = qw.codes.to(torch.int16) - 128
-        q = padded.to(torch.int8).reshape(self.out_features, groups, self.group).transpose(0, 1).contiguous()
+        q = padded.reshape(self.out_features, groups, self.group)
+        q = F.pad(q, (0, self.width - self.group)).to(torch.int8).transpose(0, 1).contiguous()
         self.register_buffer("codes", q, persistent=False)  # (G, out, group) int8
         self.register_buffer("scales", qw.scale.t().contiguous().to(torch.bfloat16), persistent=False)  # (G, out)
         offset = qw.scale.float() * (128.0 - qw.zero.float())  # (out, G); zero when symmetric
@@ -47,9 +52,10 @@ class PackedInt8Linear(torch.nn.Module):
         if groups * self.group > self.in_features:
             x2 = F.pad(x2, (0, groups * self.group - self.in_features))
         xg = x2.reshape(x2.shape[0], groups, self.group)
+        xw = F.pad(xg, (0, self.width - self.group)) if self.width > self.group else xg
         y = None
         for g in range(groups):
-            part = torch.ops.aten._weight_int8pack_mm(xg[:, g].contiguous(), self.codes[g], self.scales[g]).float()
+            part = torch.ops.aten._weight_int8pack_mm(xw[:, g].contiguous(), self.codes[g], self.scales[g]).float()
             y = part if y is None else y + part  # groups summed in float32
         if self.offset is not None:
             y = y + xg.sum(-1).float() @ self.offset.float()
@@ -61,7 +67,7 @@ class PackedInt8Linear(torch.nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The (out, in) weight the kernel multiplies by (bfloat16), for code that reads ``.weight``; computed."""
-        w = self.codes.float() * self.scales.float().unsqueeze(-1)  # (G, out, group)
+        w = self.codes[..., : self.group].float() * self.scales.float().unsqueeze(-1)  # (G, out, group)
         if self.offset is not None:
             w = w + self.offset.float().unsqueeze(-1)
         return w.transpose(0, 1).reshape(self.out_features, -1)[:, : self.in_features].to(torch.bfloat16)
