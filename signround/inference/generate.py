@@ -15,7 +15,7 @@ from typing import TextIO
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, read_config
 
 __all__ = ["GenerateResult", "generate_text"]
 
@@ -70,6 +70,7 @@ def generate_text(model_dir: "str | Path", prompt: str, max_new_tokens: int = 64
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     folder = Path(model_dir)
+    read_config(folder)  # a missing directory or config.json is named before anything loads
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as e:
