@@ -1,7 +1,7 @@
 """``load_quantized``: a runnable transformers model from an auto_round, GPTQ or AWQ checkpoint.
 
-The model skeleton is built without allocating its weights, every quantized Linear is replaced by the
-module of the backend selected for it (``backends.py``; one log line per group of like layers says
+The model skeleton is built without allocating its weights, every quantized Linear is replaced, one at a
+time as its tensors are read from the shards (``packed_stream.py``), by the module of the backend selected for it (``backends.py``; one log line per group of like layers says
 which and why), and every other tensor is assigned from the files (``assign.py``). A float checkpoint
 takes the same path without the packed layers. A missing, extra, wrong-shaped, wrong-dtype or
 non-finite tensor is an error naming file and tensor: a checkpoint never half-loads into random weights.
@@ -121,7 +121,7 @@ def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None,
     expected = model.state_dict()  # meta tensors: names, shapes and dtypes the checkpoint must match
     model_name = type(model).__name__
     if quantized:
-        ckpt = read_checkpoint(folder, widths)
+        ckpt = read_checkpoint(folder, widths, stream=True)  # one layer's tensors and codes at a time
         tensors, where = ckpt.tensors, ckpt.where
         check_tensors(tensors, where, expected, model_name, quantized=True)
         _replace_quantized(model, ckpt, widths, device, torch_dtype, keep_codes, backend)
