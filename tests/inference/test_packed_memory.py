@@ -69,9 +69,9 @@ def test_streamed_packed_load_peaks_near_its_resident_size(tmp_path):
     dequant = _probe(folder, "float32", "dequant")
     assert packed["resident"] < 0.6 * n_weights  # 0.5 byte per weight + scales, plus the small float tensors
     assert dequant["resident"] > 4 * n_weights
-    # loading holds one layer's file tensors and codes (and the decoder's int64 temporaries, ~20 bytes per weight
-    # of the largest layer, measured 84 MiB over resident here) beside the modules built so far
+    # loading holds one layer's file tensors and codes (and the decoder's int64 temporaries, 20-28 bytes per weight
+    # of the largest layer: measured 84-112 MiB over resident here, allocator-dependent) beside the modules built
     largest = 4096 * 1024
-    assert packed["peak"] < packed["resident"] + 32 * largest, packed
-    assert packed["peak"] < 0.5 * dequant["resident"], (packed, dequant)  # below the float model itself
-    assert packed["peak"] < 0.3 * dequant["peak"], (packed, dequant)  # measured 120 vs 555 MiB
+    assert packed["peak"] < packed["resident"] + 40 * largest, packed
+    assert packed["peak"] < dequant["resident"], (packed, dequant)  # below the float model itself
+    assert packed["peak"] < 0.5 * dequant["peak"], (packed, dequant)  # measured 120-148 vs 451-555 MiB
