@@ -153,7 +153,8 @@ def _llama_row(row: str, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="[1: on a shared 2-core machine 2 threads spin-wait on the busy core; use 2 on a quiet one]")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--decode_steps", type=int, default=32)
     p.add_argument("--skip", default="", help="comma-separated row prefixes to skip (e.g. llama.cpp,dequant)")
