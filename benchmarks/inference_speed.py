@@ -1,30 +1,30 @@
-"""CPU inference speed of SmolLM2-135M W4A16 (group 64): our torch backend vs the float model vs auto-round's.
+"""CPU inference of SmolLM2-135M W4A16 (RTN, group 128 and 32): packed backends vs float vs llama.cpp.
 
-    python benchmarks/inference_speed.py [--checkpoint DIR] [--threads 1] [--repeats 5] [--decode_steps 32]
+    python benchmarks/inference_speed.py [--threads 2] [--decode_steps 32] [--repeats 3] [--skip llama.cpp]
 
-Without ``--checkpoint`` the model is quantized with plain RTN (W4A16, group 64: 128 does not divide
-SmolLM2's 576, real-loaders §2e) into the auto_round format under the signround cache, once.
-Rows (each the median of ``--repeats`` runs, after one warm-up):
+Each row runs in its own subprocess (so its load peak RSS is its own), same threads, same prompt:
 
-- ``prefill``: one forward of a 512-token prompt (no cache), tokens/s;
-- ``decode``: after a 512-token prefill with KV cache, ``--decode_steps`` single-token forwards, tokens/s.
+- ``linear MiB``: resident bytes of the quantized Linears' tensors (float rows: the same Linears' weights),
+  and ``vs bf16``: that over those Linears' bf16 size;
+- ``load peak MiB``: VmHWM while loading, over the RSS after imports (``/proc/self/clear_refs``);
+- ``prefill s``: one forward of a 512-token prompt (no cache), median of ``--repeats``;
+- ``decode tok/s``: after that prefill with KV cache, ``--decode_steps`` single-token forwards, median.
 
-Loaders: the float model (fp32), ``signround.load_quantized`` (torch backend: dequantized once at
-load, fp32 and fp16 compute), and transformers + auto-round's torch backend (``AutoRoundConfig(backend=
-"torch")``, which forces fp16 on CPU and re-dequantizes every weight on every forward).
+Rows: float fp32 and bf16 (``from_pretrained``); signround ``load_quantized`` with the default (packed int4
+kernel, bf16) for group 128 and 32, and ``backend="dequant"`` (fp32) for group 128; llama.cpp on q4_0 and
+q4_k_m GGUFs requantized by llama.cpp from the Q4_1 GGUF the float model was dequantized from.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line  # noqa: E402
@@ -32,92 +32,164 @@ from common import machine_line  # noqa: E402
 __all__ = ["main"]
 
 PROMPT = 512
+ROWS = ("float fp32", "float bf16", "packed w4g128 (bf16)", "packed w4g32 (bf16)", "dequant w4g128 (fp32)",
+        "llama.cpp q4_0", "llama.cpp q4_k_m")
 
 
-def _checkpoint() -> Path:
+def _rss(key: str) -> int:
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1]) * 1024
+
+
+def _checkpoint(group: int) -> Path:
     from signround import AutoRound
     from signround.testing import cache_dir, smollm2_hf_dir
 
-    target = cache_dir() / "bench-smollm2-w4g64-rtn"
-    folder = target / "smollm2-135m-instruct-f32-w4g64-auto_round"
+    target = cache_dir() / f"bench-smollm2-w4g{group}-rtn"
+    folder = target / f"smollm2-135m-instruct-f32-w4g{group}-auto_round"
     if not (folder / "config.json").is_file():
-        ar = AutoRound(str(smollm2_hf_dir()), scheme="W4A16", group_size=64, iters=0, disable_opt_rtn=True,
+        ar = AutoRound(str(smollm2_hf_dir()), scheme="W4A16", group_size=group, iters=0, disable_opt_rtn=True,
                        dtype="float32", show_progress=False)
         ar.quantize_and_save(target, format="auto_round")
     return folder
 
 
-@torch.inference_mode()
-def _prefill_seconds(model: torch.nn.Module, ids: torch.Tensor) -> float:
-    t0 = time.perf_counter()
-    model(input_ids=ids, use_cache=False)
-    return time.perf_counter() - t0
+def _gguf(mix: str) -> Path:
+    import llama_cpp
+
+    from signround.testing import cache_dir, smollm2_gguf_path
+
+    out = cache_dir() / f"bench-smollm2-{mix}.gguf"
+    if not out.is_file():
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{mix.upper()}")
+        params.allow_requantize = True
+        if llama_cpp.llama_model_quantize(str(smollm2_gguf_path()).encode(), str(out).encode(), params) != 0:
+            raise RuntimeError(f"llama.cpp could not make {out}")
+    return out
 
 
-@torch.inference_mode()
-def _decode_seconds(model: torch.nn.Module, ids: torch.Tensor, steps: int) -> float:
-    """Seconds for ``steps`` single-token forwards after a prefill of ``ids`` with KV cache."""
-    out = model(input_ids=ids, use_cache=True)
-    cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        out = model(input_ids=nxt, cache=cache, use_cache=True)
-        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    return time.perf_counter() - t0
+def _linear_bytes(model) -> tuple[int, int]:
+    """(resident bytes of the decoder Linears' tensors, their bf16 weight size)."""
+    resident = bf16 = 0
+    for name, m in model.named_modules():
+        if ".layers." not in name or not hasattr(m, "in_features") or list(m.children()):
+            continue
+        resident += sum(t.numel() * t.element_size() for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]
+                        if t is not None)
+        bf16 += m.in_features * m.out_features * 2
+    return resident, bf16
 
 
-def _loaders(folder: Path, float_dir: Path):
+def _torch_row(row: str, args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
-    from signround.inference.load import load_quantized
+    from signround.inference.load import load_quantized, model_skeleton
+    from signround.testing import smollm2_hf_dir
 
-    yield "float (fp32)", lambda: AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.float32)
-    yield "signround torch backend (fp32)", lambda: load_quantized(folder, dtype="float32")
-    yield "signround torch backend (fp16)", lambda: load_quantized(folder, dtype="float16")
+    float_dir = smollm2_hf_dir()
+    folder = {"packed w4g128 (bf16)": 128, "packed w4g32 (bf16)": 32, "dequant w4g128 (fp32)": 128}.get(row)
+    folder = _checkpoint(folder) if folder else None
+    model_skeleton(float_dir, torch.float32)  # transformers' lazy imports, outside the load peak
+    open("/proc/self/clear_refs", "w").write("5")
+    base = _rss("VmRSS")
+    if row.startswith("float"):
+        model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.float32 if "fp32" in row else torch.bfloat16)
+    elif row.startswith("packed"):
+        model = load_quantized(folder, dtype="bfloat16")
+    else:
+        model = load_quantized(folder, dtype="float32", backend="dequant")
+    peak = _rss("VmHWM") - base
+    model.eval()
+    resident, bf16 = _linear_bytes(model)
+    ids = torch.randint(0, 49152, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    prefill, decode = [], []
+    with torch.inference_mode():
+        for rep in range(args.repeats + 1):
+            t0 = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            p_s = time.perf_counter() - t0
+            out = model(input_ids=ids, use_cache=True)
+            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            t0 = time.perf_counter()
+            for _ in range(args.decode_steps):
+                out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+                cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            if rep:  # the first round is a warm-up
+                prefill.append(p_s)
+                decode.append(args.decode_steps / (time.perf_counter() - t0))
+    return dict(linear=resident, bf16=bf16, peak=peak, prefill=statistics.median(prefill),
+                decode=statistics.median(decode))
 
-    def auto_round():
-        from transformers import AutoRoundConfig
 
-        return AutoModelForCausalLM.from_pretrained(folder, device_map="cpu",
-                                                    quantization_config=AutoRoundConfig(backend="torch"))
+def _llama_row(row: str, args) -> dict:
+    import llama_cpp
 
-    yield "auto-round torch backend (fp16, forced)", auto_round
+    path = _gguf(row.split()[-1])
+    open("/proc/self/clear_refs", "w").write("5")
+    base = _rss("VmRSS")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=PROMPT + args.decode_steps + 8, n_threads=args.threads,
+                          n_threads_batch=args.threads, n_batch=PROMPT, verbose=False)
+    peak = _rss("VmHWM") - base
+    ids = [int(i) for i in __import__("torch").randint(0, 49152, (PROMPT,),
+                                                      generator=__import__("torch").Generator().manual_seed(0))]
+    prefill, decode = [], []
+    for rep in range(args.repeats + 1):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        p_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for step in range(args.decode_steps):  # fixed tokens: the speed does not depend on which
+            llm.eval([ids[step]])
+        if rep:
+            prefill.append(p_s)
+            decode.append(args.decode_steps / (time.perf_counter() - t0))
+    return dict(linear=path.stat().st_size, bf16=0, peak=peak, prefill=statistics.median(prefill),
+                decode=statistics.median(decode))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", help="an auto_round W4A16 checkpoint of SmolLM2 [quantized once with RTN]")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads [1: on a shared 2-core machine, 2 threads spin-wait on the busy core, ~20x slower]")
-    p.add_argument("--repeats", type=int, default=5)
+                   help="[1: on a shared 2-core machine 2 threads spin-wait on the busy core; use 2 on a quiet one]")
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--decode_steps", type=int, default=32)
-    p.add_argument("--skip", default="", help="comma-separated row prefixes to skip")
+    p.add_argument("--skip", default="", help="comma-separated row prefixes to skip (e.g. llama.cpp,dequant)")
+    p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row, print JSON
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from signround.testing import smollm2_hf_dir
-
-    folder = Path(args.checkpoint) if args.checkpoint else _checkpoint()
-    ids = torch.randint(0, 49152, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    if args.row:
+        result = (_llama_row if args.row.startswith("llama.cpp") else _torch_row)(args.row, args)
+        print(json.dumps(result))
+        return 0
+    for group in (128, 32):  # quantize once, outside the measured subprocesses
+        _checkpoint(group)
     load_avg = os.getloadavg()[0]
-    models = {name: make().eval() for name, make in _loaders(folder, smollm2_hf_dir())
-              if not any(name.startswith(x) for x in args.skip.split(",") if x)}
-    prefill: dict[str, list[float]] = {n: [] for n in models}
-    decode: dict[str, list[float]] = {n: [] for n in models}
-    for rep in range(args.repeats + 1):  # the loaders take turns, so a change in machine load hits them alike
-        for name, model in models.items():
-            gc.collect()
-            p_s, d_s = _prefill_seconds(model, ids), _decode_seconds(model, ids, args.decode_steps)
-            if rep:  # the first round is a warm-up
-                prefill[name].append(p_s)
-                decode[name].append(d_s)
-    rows = [(n, PROMPT / statistics.median(prefill[n]), args.decode_steps / statistics.median(decode[n])) for n in models]
-    base_prefill = rows[0][1]
-    print(f"\n{machine_line()}; torch threads {args.threads}; load average {load_avg:.2f} at start, "
+    results = {}
+    for row in ROWS:
+        if any(row.startswith(x) for x in args.skip.split(",") if x):
+            continue
+        cmd = [sys.executable, __file__, "--row", row, "--threads", str(args.threads), "--repeats", str(args.repeats),
+               "--decode_steps", str(args.decode_steps)]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode:
+            print(f"{row}: failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            continue
+        results[row] = json.loads(run.stdout.strip().splitlines()[-1])
+        print(f"{row}: {results[row]}", file=sys.stderr)
+    f32 = results.get("float fp32", {})
+    print(f"\n{machine_line()}; threads {args.threads}; load average {load_avg:.2f} at start, "
           f"{os.getloadavg()[0]:.2f} at end; median of {args.repeats}")
-    print(f"| loader | prefill {PROMPT} tok/s | time vs float | decode tok/s |")
-    print("|---|---|---|---|")
-    for name, prefill, decode in rows:
-        print(f"| {name} | {prefill:.1f} | {base_prefill / prefill:.2f}x | {decode:.1f} |")
+    print(f"| model | linear MiB | vs bf16 | load peak MiB | prefill {PROMPT} s | vs fp32 | decode tok/s | vs fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row, r in results.items():
+        vs_bf16 = f"{r['linear'] / r['bf16']:.2f}x" if r["bf16"] else "(file)"
+        rel_p = f"{r['prefill'] / f32['prefill']:.2f}x" if f32 else "-"
+        rel_d = f"{r['decode'] / f32['decode']:.2f}x" if f32 else "-"
+        print(f"| {row} | {r['linear'] / 2**20:.1f} | {vs_bf16} | {r['peak'] / 2**20:.0f} | {r['prefill']:.3f} | "
+              f"{rel_p} | {r['decode']:.1f} | {rel_d} |")
     return 0
 
 

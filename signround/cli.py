@@ -9,6 +9,7 @@
     signround eval --model out/<dir> --tasks hellaswag,my_tasks/ [--limit N] [--eval_backend hf|vllm|llamacpp]
     signround verify out/<dir> [--float_model DIR]      (every installed loader, logits compared)
     signround convert --model <GPTQ or AWQ dir> --output_dir out/   (to the auto_round format)
+    signround generate --model out/<dir> --prompt "..." [--max_new_tokens N] [--backend B]   (CPU, streamed)
     torchrun --nproc_per_node N -m signround --model DIR ...         (data parallel: 1/N of the rows per rank)
 """
 
@@ -28,7 +29,7 @@ __all__ = ["main", "main_best", "main_light", "build_quantize_parser"]
 
 logger = logging.getLogger("signround")
 
-SUBCOMMANDS = ("quantize", "list", "eval", "verify", "convert")
+SUBCOMMANDS = ("quantize", "list", "eval", "verify", "convert", "generate")
 
 
 def _add_option(group: argparse._ArgumentGroup, opt: Option) -> None:
@@ -304,6 +305,32 @@ def _convert(argv: Sequence[str]) -> int:
     return 0
 
 
+def _generate(argv: Sequence[str]) -> int:
+    from .inference.backends import backend_names
+
+    p = argparse.ArgumentParser(prog="signround generate",
+                                description="Greedy text from a quantized (or float) checkpoint, streamed to stdout; "
+                                            "the speed goes to stderr.")
+    p.add_argument("--model", required=True, help="the checkpoint directory (with its tokenizer)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max_new_tokens", type=int, default=64, help="[64]")
+    p.add_argument("--backend", choices=backend_names(), help="force one inference backend [the best per layer]")
+    p.add_argument("--dtype", default="bfloat16", help="compute dtype [bfloat16: the packed int4/int8 kernels' one]")
+    p.add_argument("--threads", type=int, help="torch CPU threads [torch's default]")
+    p.add_argument("-q", "--quiet", action="store_true")
+    args = p.parse_args(argv)
+    _setup_logging(args.quiet)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from .inference.generate import generate_text
+
+    result = generate_text(args.model, args.prompt, args.max_new_tokens, args.backend, args.dtype)
+    print(result.summary(), file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "signround", recipe: str = "default") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -315,6 +342,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "signround", recipe: str
             return _verify(argv[1:])
         if argv and argv[0] == "convert":
             return _convert(argv[1:])
+        if argv and argv[0] == "generate":
+            return _generate(argv[1:])
         if argv and argv[0] == "quantize":
             argv = argv[1:]
         return _quantize(argv, prog, recipe)

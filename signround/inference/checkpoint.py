@@ -20,6 +20,7 @@ import json
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,6 +30,7 @@ from safetensors import safe_open
 from ..quant.types import QuantizedWeight
 from .auto_round_fp import FP_PACKINGS, FPLayers, input_schemes, is_fp_config, take_fp_layers
 from .layouts import CheckpointError, LayerSpec, Layout, decode_layer
+from .packed_stream import LazyLayers, ShardTensors
 
 __all__ = ["LayerSpec", "QuantizedCheckpoint", "QuantConfigView", "read_checkpoint", "read_config", "read_tensors",
            "tensor_locations", "tensor_files", "has_safetensors", "parse_quant_config", "CheckpointError",
@@ -256,8 +258,13 @@ def parse_quant_config(config: dict[str, Any], folder: Path) -> QuantConfigView:
     return QUANT_METHODS[method](qc, where)
 
 
-def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = None) -> QuantizedCheckpoint:
-    """Decode every packed layer; ``in_features`` (layer -> width, from the model) resolves padded rows."""
+def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = None,
+                    stream: bool = False) -> QuantizedCheckpoint:
+    """Decode every packed layer; ``in_features`` (layer -> width, from the model) resolves padded rows.
+
+    ``stream``: tensors are read from their shard when used and int layers decoded when ``layers[name]``
+    is read (``packed_stream.py``), so a loader building one module per layer holds one layer at a time;
+    their errors then surface at that read. Compressed-tensors and FP layers are decoded here either way."""
     folder = Path(folder)
     config = read_config(folder)
     qc = config.get("quantization_config")
@@ -266,7 +273,11 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
 
         return read_compressed_tensors(folder, config, in_features)
     view = parse_quant_config(config, folder)
-    tensors, where = read_tensors(folder)
+    if stream:
+        where = tensor_locations(folder)
+        tensors, source = ShardTensors(where), ShardTensors(where)
+    else:
+        tensors, where = read_tensors(folder)
     fp = take_fp_layers(config["quantization_config"], tensors, where, folder / "config.json", in_features) \
         if view.method == "auto-round" else FPLayers()
     names = sorted({k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")})
@@ -274,7 +285,8 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
     if orphans:
         raise CheckpointError(f"{where[orphans[0]]}: {orphans[0]} has no matching .qweight (truncated checkpoint?)")
     specs = view.resolve(names)
-    layers = {}
+    layers: dict = {}
+    decoders = {}
     for name in names:
         spec = specs[name]
         if spec is None:
@@ -283,12 +295,18 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
         if view.needs_g_idx and f"{name}.g_idx" not in tensors:
             raise CheckpointError(f"{where[name + '.qweight']}: the config says desc_act=true (act-order) but {name} "
                                   f"has no g_idx, so its group order is unknown")
-        layers[name] = decode_layer(view.layout, name, tensors, where, spec, (in_features or {}).get(name))
+        if stream:
+            decoders[name] = partial(decode_layer, view.layout, name, source, where, spec, (in_features or {}).get(name))
+        else:
+            layers[name] = decode_layer(view.layout, name, tensors, where, spec, (in_features or {}).get(name))
         for k in ("qweight", "qzeros", "scales", "g_idx"):
-            tensors.pop(f"{name}.{k}", None)
+            tensors.discard(f"{name}.{k}") if stream else tensors.pop(f"{name}.{k}", None)
+    if stream:
+        layers = decoders  # type: ignore[assignment]  (names for the checks below; LazyLayers at the end)
     int_specs = {n: s for n, s in specs.items() if n in layers and s is not None}
     layout = Layout.AUTO_ROUND_FP if fp.layers and not layers else view.layout
     if view.method == "auto-round":  # int layers with quantized inputs (act_* keys), beside the FP ones
         fp.act_schemes.update(input_schemes(config["quantization_config"], sorted(layers), str(folder / "config.json")))
-    return QuantizedCheckpoint(folder, config, config["quantization_config"], {**layers, **fp.layers}, tensors, layout,
+    all_layers = LazyLayers(decoders, fp.layers) if stream else {**layers, **fp.layers}
+    return QuantizedCheckpoint(folder, config, config["quantization_config"], all_layers, tensors, layout,
                                view.method, int_specs, where, fp.act_schemes, fp.act_max)

@@ -1,7 +1,7 @@
 """``load_quantized``: a runnable transformers model from an auto_round, GPTQ or AWQ checkpoint.
 
-The model skeleton is built without allocating its weights, every quantized Linear is replaced by the
-module of the backend selected for it (``backends.py``; one log line per group of like layers says
+The model skeleton is built without allocating its weights, every quantized Linear is replaced, one at a
+time as its tensors are read from the shards (``packed_stream.py``), by the module of the backend selected for it (``backends.py``; one log line per group of like layers says
 which and why), and every other tensor is assigned from the files (``assign.py``). A float checkpoint
 takes the same path without the packed layers. A missing, extra, wrong-shaped, wrong-dtype or
 non-finite tensor is an error naming file and tensor: a checkpoint never half-loads into random weights.
@@ -73,7 +73,10 @@ def _replace_quantized(model: torch.nn.Module, ckpt: QuantizedCheckpoint, widths
         if bias is None and getattr(module, "bias", None) is not None:
             raise CheckpointError(f"{ckpt.file_of(name)}: quantized layer {name} has a bias in the model but "
                                   f"no {name}.bias tensor")
-        chosen, why = select_backend(ckpt.layout, qw, device, backend)
+        try:
+            chosen, why = select_backend(ckpt.layout, qw, device, backend, dtype)
+        except ValueError as e:
+            raise ValueError(f"{name} ({qw.bits}-bit, group {qw.group_size}): {e}") from None
         _set_module(model, name, chosen.build(qw, bias, dtype, keep_codes))
         groups.setdefault((chosen.name, qw.bits, qw.group_size, qw.sym, why), []).append(name)
     for (name, bits, gs, sym, why), layers in groups.items():
@@ -103,7 +106,9 @@ def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None,
     """Load an exported directory (auto_round, auto_gptq, auto_awq or fake) as a transformers model in eval mode.
 
     ``backend`` forces the inference backend of every quantized layer (see ``backends.BACKENDS``);
-    by default each layer gets the highest-priority installed backend that can run it. A float
+    by default each layer gets the highest-priority installed backend that can run it, which keeps its
+    codes packed (the int4/int8 kernels at ``dtype=bfloat16``, else dequantized in each forward);
+    ``backend="dequant"`` dequantizes once at load. A float
     checkpoint (no ``quantization_config``) is read by the same strict reader, not ``from_pretrained``.
     """
     if backend is not None and backend not in BACKENDS:
@@ -116,7 +121,7 @@ def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None,
     expected = model.state_dict()  # meta tensors: names, shapes and dtypes the checkpoint must match
     model_name = type(model).__name__
     if quantized:
-        ckpt = read_checkpoint(folder, widths)
+        ckpt = read_checkpoint(folder, widths, stream=True)  # one layer's tensors and codes at a time
         tensors, where = ckpt.tensors, ckpt.where
         check_tensors(tensors, where, expected, model_name, quantized=True)
         _replace_quantized(model, ckpt, widths, device, torch_dtype, keep_codes, backend)

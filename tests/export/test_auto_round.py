@@ -8,7 +8,7 @@ import torch
 from signround.export.auto_round import GPTQ_PACKING, PLAIN_PACKING
 from signround.formats import Format
 from signround.inference.load import load_quantized
-from signround.inference.qlinear import QuantLinear
+from signround.inference.packed_dequant import DequantOnTheFlyLinear
 from tests.helpers import export_tiny, logits, quantize_tiny
 
 ARCHS = ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3", "opt", "gpt2", "gpt_neox"]
@@ -20,7 +20,7 @@ def test_round_trip_logits_are_exact_for_every_architecture(arch, tiny, calib_id
     plan, result = quantize_tiny(model, calib_ids)
     out = export_tiny(model, plan, result, Format.AUTO_ROUND, tmp_path / "q")
     loaded = load_quantized(out)
-    n_q = sum(isinstance(m, QuantLinear) for m in loaded.modules())
+    n_q = sum(isinstance(m, DequantOnTheFlyLinear) for m in loaded.modules())  # float32: packed, exact
     assert n_q == len(plan.quantized()) > 0
     assert torch.equal(logits(loaded, calib_ids), logits(model, calib_ids))
 

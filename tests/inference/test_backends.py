@@ -27,41 +27,41 @@ class Marker(QuantLinear):
 
 
 def _fast(requires=(), sym=(True,)):
-    return Backend("fast", frozenset({Layout.GPTQ}), frozenset({4}), frozenset(sym), frozenset({"cpu"}), 5, requires,
+    return Backend("fast", frozenset({Layout.GPTQ}), frozenset({4}), frozenset(sym), frozenset({"cpu"}), 50, requires,
                    lambda qw, bias, dtype, keep: Marker(qw, bias, dtype, keep))
 
 
-def test_torch_backend_runs_every_layout():
+def test_packed_dequant_backend_runs_every_layout():
     for layout in Layout:
         chosen, why = select_backend(layout, _qw(3, sym=False), "cpu")
-        assert chosen.name == "torch" and "highest-priority match" in why
+        assert chosen.name == "packed_dequant" and "highest-priority match" in why
 
 
 def test_priority_capabilities_and_requirements(monkeypatch):
     monkeypatch.setitem(backends.BACKENDS, "fast", _fast())
     assert select_backend(Layout.GPTQ, _qw(), "cpu")[0].name == "fast"
     chosen, why = select_backend(Layout.GPTQ, _qw(3), "cpu")
-    assert chosen.name == "torch" and "fast: supports bits [4], got 3" in why
+    assert chosen.name == "packed_dequant" and "fast: supports bits [4], got 3" in why
     chosen, why = select_backend(Layout.AWQ_GEMM, _qw(), "cpu")
-    assert chosen.name == "torch" and "supports layouts ['gptq'], got awq_gemm" in why
+    assert chosen.name == "packed_dequant" and "supports layouts ['gptq'], got awq_gemm" in why
     assert "fast: supports sym only, got asym" in select_backend(Layout.GPTQ, _qw(sym=False), "cpu")[1]
     assert "supports devices ['cpu'], got cuda" in select_backend(Layout.GPTQ, _qw(), "cuda")[1]
     monkeypatch.setitem(backends.BACKENDS, "fast", _fast(requires=("no_such_kernel_module",)))
     chosen, why = select_backend(Layout.GPTQ, _qw(), "cpu")
-    assert chosen.name == "torch" and "fast: not installed (no_such_kernel_module)" in why
+    assert chosen.name == "packed_dequant" and "fast: not installed (no_such_kernel_module)" in why
 
 
 def test_override(monkeypatch):
-    with pytest.raises(ValueError, match=r"unknown backend 'marlin'; valid backends: torch"):
+    with pytest.raises(ValueError, match=r"unknown backend 'marlin'; valid backends: dequant, packed_dequant, packed_int4, packed_int8"):
         select_backend(Layout.GPTQ, _qw(), "cpu", "marlin")
     monkeypatch.setitem(backends.BACKENDS, "fast", _fast(requires=("no_such_kernel_module",)))
     with pytest.raises(ValueError, match="backend 'fast' cannot run this layer: it supports bits \\[4\\], got 8"):
         select_backend(Layout.GPTQ, _qw(8), "cpu", "fast")
     with pytest.raises(ValueError, match="backend 'fast' needs no_such_kernel_module, which is not installed"):
         select_backend(Layout.GPTQ, _qw(), "cpu", "fast")
-    assert select_backend(Layout.GPTQ, _qw(), "cpu", "torch") == (backends.BACKENDS["torch"], "requested with backend=")
+    assert select_backend(Layout.GPTQ, _qw(), "cpu", "dequant") == (backends.BACKENDS["dequant"], "requested with backend=")
     with pytest.raises(RuntimeError, match="already registered"):
-        backends.register_backend("torch", layouts={Layout.GPTQ}, bits={4})(lambda *a: None)
+        backends.register_backend("dequant", layouts={Layout.GPTQ}, bits={4})(lambda *a: None)
 
 
 def test_load_quantized_selects_logs_and_overrides(tiny, calib_ids, tmp_path, monkeypatch, caplog):
@@ -73,12 +73,12 @@ def test_load_quantized_selects_logs_and_overrides(tiny, calib_ids, tmp_path, mo
     with caplog.at_level(logging.INFO, logger="signround.inference.load"):
         loaded = load_quantized(out)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backend ")]
-    assert "backend fast for 12 gptq layers (4-bit, group 128, sym): highest-priority match (priority 5)" in lines
-    assert any(line.startswith("backend torch for 2 gptq layers (8-bit, group 128, sym)") and "fast: supports bits [4], got 8"
+    assert "backend fast for 12 gptq layers (4-bit, group 128, sym): highest-priority match (priority 50)" in lines
+    assert any(line.startswith("backend packed_dequant for 2 gptq layers (8-bit, group 128, sym)") and "fast: supports bits [4], got 8"
                in line for line in lines)
     assert isinstance(loaded.get_submodule("model.layers.0.self_attn.q_proj"), Marker)
     assert torch.equal(logits(loaded, calib_ids), logits(model, calib_ids))
-    forced = load_quantized(out, backend="torch")
+    forced = load_quantized(out, backend="dequant")
     assert not any(isinstance(m, Marker) for m in forced.modules())
-    with pytest.raises(ValueError, match="unknown backend 'exllama'; valid backends: fast, torch"):
+    with pytest.raises(ValueError, match="unknown backend 'exllama'; valid backends: dequant, fast, packed_dequant, packed_int4, packed_int8"):
         load_quantized(out, backend="exllama")
