@@ -7,11 +7,12 @@ More rows can be added with ``register_loader``; GGUF files go to ``verify_gguf`
 
 | loader | reads | needs | known limits (skipped, with the reason) |
 |---|---|---|---|
-| signround | auto-round, gptq, awq, float (fake format) | - | - |
+| signround | auto-round, gptq, awq, compressed-tensors, float (fake format) | - | - |
 | transformers | float (fake format) | - | - |
 | transformers+auto-round | auto-round; gptq (sym) | auto_round | asym GPTQ fails in auto-round 0.16.1 (TypeError in pad_bits) |
 | transformers+gptqmodel | gptq, awq | optimum + gptqmodel (gptq), gptqmodel (awq) | optimum 2.3 ignores ``dynamic`` and ``lm_head`` |
 | gptqmodel | gptq, awq | gptqmodel | needs a tokenizer in the directory; refuses asym GPTQ v1 not written by GPTQModel |
+| transformers+compressed-tensors | compressed-tensors | compressed_tensors | runs in bfloat16 (its MX/NVFP4 scales decode to bfloat16 only); its CPU emulation of MX/NVFP4/dynamic-int8 inputs rounds scales by other rules |
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def _load_hf_auto_round(folder: Path) -> LogitsFn:
     return _load_hf(folder)
 
 
+def _load_hf_compressed_tensors(folder: Path) -> LogitsFn:
+    """bfloat16: compressed-tensors decodes E8M0 and NVFP4 scales to bfloat16 and fails in a float32 model."""
+    return _load_hf(folder, dtype=torch.bfloat16)
+
+
 def _load_gptqmodel(folder: Path) -> LogitsFn:
     from gptqmodel import GPTQModel
 
@@ -136,8 +142,20 @@ def _skip_gptqmodel(folder: Path, qc: dict) -> str | None:
     return None
 
 
+def _skip_compressed_tensors(folder: Path, qc: dict) -> str | None:
+    """Inputs whose CPU emulation differs by design (measured in tests/interop/test_compressed_tensors.py)."""
+    for name, group in (qc.get("config_groups") or {}).items():
+        act = group.get("input_activations") or {}
+        if act.get("strategy") in ("group", "tensor_group") or (act.get("type") == "int" and act.get("dynamic")):
+            return (f"compressed-tensors 0.20.1 emulates {name}'s {act.get('strategy')}-wise inputs with other scale "
+                    "rounding (MX: nearest power of two, not the OCP floor; int8: max/127.5) and in bfloat16, so its "
+                    "logits differ by design (rel 0.04-0.17); a real engine (vLLM) is the check for this file")
+    return None
+
+
 _AR = ("auto_round",)
-register_loader(Loader("signround", {m: () for m in ("auto-round", "intel/auto-round", "gptq", "awq", "float")},
+register_loader(Loader("signround", {m: () for m in ("auto-round", "intel/auto-round", "gptq", "awq",
+                                                      "compressed-tensors", "float")},
                        "signround", _load_signround))
 # A fake-format checkpoint is a plain float model: transformers' own from_pretrained is the loader users run.
 register_loader(Loader("transformers", {"float": ()}, "transformers", _load_hf))
@@ -147,6 +165,8 @@ register_loader(Loader("transformers+gptqmodel", {"gptq": ("optimum", "gptqmodel
                        "optimum==2.3.0 gptqmodel==7.6.0", _load_hf, _skip_hf_gptqmodel))
 register_loader(Loader("gptqmodel", {"gptq": ("gptqmodel",), "awq": ("gptqmodel",)}, "gptqmodel==7.6.0",
                        _load_gptqmodel, _skip_gptqmodel))
+register_loader(Loader("transformers+compressed-tensors", {"compressed-tensors": ("compressed_tensors",)},
+                       "compressed-tensors==0.20.1", _load_hf_compressed_tensors, _skip_compressed_tensors))
 
 
 def describe() -> str:

@@ -58,7 +58,7 @@ def test_disagreement_errors_and_skips_are_reported(gptq_dir, monkeypatch):
                "absent": Loader("absent", {"gptq": ("no_such_module_xyz",)}, "no-such-package", lambda f: None)}
     monkeypatch.setattr(third_party, "LOADERS", loaders)
     monkeypatch.setattr("signround.verify.LOADERS", loaders)
-    report = verify_checkpoint(folder, float_model=model)
+    report = verify_checkpoint(folder, float_model=model)  # quantize_tiny left the quantized weights in `model`
     rows = {(c.loader, c.against): c for c in report.comparisons}
     assert rows[("close", "signround")].ok and not rows[("far", "signround")].ok
     assert rows[("signround", "float")].ok and rows[("signround", "float")].kl < 0.05
@@ -101,3 +101,38 @@ def test_float_checkpoint_verifies_with_transformers(tiny, calib_ids, tmp_path):
                                                                    ("signround", "float"), ("transformers", "float")]
     assert all(c.rel < 1e-5 for c in report.comparisons) and report.verified_by == ["transformers"]
     assert report.exit_code == 0 and "verdict: PASS (agreeing: transformers)" in report.table(Tolerances())
+
+
+@pytest.mark.interop
+@needs("compressed_tensors")
+@pytest.mark.parametrize("scheme", ["W4A16", "FPW8A16", "FP8_STATIC"])
+def test_compressed_tensors_checkpoints_verify(scheme, tiny, calib_ids, tmp_path, capsys):
+    """llm_compressor outputs: read by our loader and by transformers' compressed-tensors loader (bfloat16)."""
+    model = tiny("llama")
+    model.save_pretrained(tmp_path / "float")
+    plan, result = quantize_tiny(model, calib_ids, scheme, iters=0, formats=(Format.LLM_COMPRESSOR,))
+    data = ExportInput(model, byte_tokenizer(), plan, result.weights, source=str(tmp_path / "float"),
+                       act_max=result.act_max)
+    folder = export_model(data, Format.LLM_COMPRESSOR, tmp_path / "q")
+    report = verify_checkpoint(folder, float_model=model)  # quantize_tiny left the quantized weights in `model`
+    assert report.method == "compressed-tensors"
+    assert report.verified_by == ["transformers+compressed-tensors"], report.table(Tolerances())
+    cmp = {(c.loader, c.against): c for c in report.comparisons}
+    between = cmp[("transformers+compressed-tensors", "signround")]
+    assert between.kl < 1e-3 and between.rel < 0.1  # the same weights; bfloat16 compute against our float32
+    if scheme in ("W4A16", "FPW8A16"):  # weights only: our loader gives the in-memory quantized model's logits
+        assert cmp[("signround", "float")].rel < 1e-5
+
+
+@pytest.mark.interop
+@needs("compressed_tensors")
+def test_compressed_tensors_emulation_of_mx_inputs_is_not_taken_as_proof(tiny, calib_ids, tmp_path):
+    """MXFP4 inputs: compressed-tensors' CPU emulation rounds their scales by another rule, so it is skipped with
+    the reason and the verdict is NOT VERIFIED rather than a FAIL (or a PASS) that says nothing about the file."""
+    model = tiny("llama")
+    plan, result = quantize_tiny(model, calib_ids, "MXFP4", iters=0, formats=(Format.LLM_COMPRESSOR,))
+    data = ExportInput(model, byte_tokenizer(), plan, result.weights, source="tiny", act_max=result.act_max)
+    report = verify_checkpoint(export_model(data, Format.LLM_COMPRESSOR, tmp_path / "q"))
+    text = report.table(Tolerances())
+    assert report.verified_by == [] and report.exit_code != 0 and "NOT VERIFIED" in text
+    assert "nearest power of two" in text and "signround                        ran (reference)" in text
