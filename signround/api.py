@@ -193,6 +193,8 @@ class AutoRound:
     def _prepare(self, fmts: list[Format]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Resolve the run for these formats, plan it, read the calibration data (all before any block)."""
         self.run = resolve_run(self.options, fmts, max_positions(self.model))
+        if not self.run.method.needs_data and (self.options.is_given("nsamples") or self.options.is_given("seqlen")):
+            logger.info("plain RTN reads no calibration data: nsamples/seqlen are not used")  # once, not per resolve
         # Data parallel under torchrun (or an initialised process group): every rank tunes on 1/N of the rows.
         self.run = self.run.with_parallel(DataParallel.from_environment(self.run.runtime.device))
         self._plan = self._plan_for(fmts, self.run)

@@ -90,6 +90,10 @@ def _setup_logging(quiet: bool, verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("signround").setLevel(level)
+    # transformers imports torchao when it is installed; on a CPU machine its import warns about CUDA-only libraries
+    # and Triton, and registers enums that torch's pytree warns about: nothing a user of this command can act on.
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _layer_config(text: str | None) -> dict | None:

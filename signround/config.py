@@ -152,8 +152,6 @@ def resolve_run(opts: UserOptions, formats: Iterable[Any] = (), max_positions: i
         default_rows, default_len = CALIBRATION_DEFAULTS[method]
         nsamples, seqlen = opts.get("nsamples") or default_rows, opts.get("seqlen") or default_len
         seqlen = _fit_seqlen(seqlen, max_positions, seqlen_given)
-    elif opts.is_given("nsamples") or opts.is_given("seqlen"):
-        logger.info("plain RTN reads no calibration data: nsamples/seqlen are not used")
     tuning = SignRoundConfig(
         iters=iters, lr=opts.get("lr"), minmax_lr=opts.get("minmax_lr"), batch_size=opts.get("batch_size"),
         gradient_accumulate_steps=opts.get("gradient_accumulate_steps"),
