@@ -34,9 +34,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _args(model: Path, out: Path, iters: int = 3) -> list[str]:
+def _args(model: Path, out: Path, iters: int = 3, extra: tuple[str, ...] = ()) -> list[str]:
     return ["--model", str(model), "--iters", str(iters), "--nsamples", "4", "--seqlen", "32", "--batch_size", "2",
-            "--output_dir", str(out), "-q"]
+            "--output_dir", str(out), "-q", *extra]
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -48,12 +48,12 @@ def _work_dirs(out: Path) -> list[Path]:
     return sorted(out.glob(".*.work")) if out.is_dir() else []
 
 
-def _kill_after_block0(model: Path, out: Path, tmp_path: Path) -> Path:
+def _kill_after_block0(model: Path, out: Path, tmp_path: Path, extra: tuple[str, ...] = ()) -> Path:
     script = tmp_path / "slow_cli.py"
     script.write_text(_SLOW_CLI)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
                                                                        os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, str(script), *_args(model, out)], env=env,
+    proc = subprocess.Popen([sys.executable, str(script), *_args(model, out, extra=extra)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300
@@ -71,30 +71,35 @@ def _kill_after_block0(model: Path, out: Path, tmp_path: Path) -> Path:
     return work
 
 
-def test_killed_run_resumes_to_the_same_bytes(tiny_model_dir, tmp_path, caplog, capsys):
+# NVFP4 in llm_compressor: the calibrated static input maxima of the blocks done before the kill must come back
+# from the checkpoint too (they are written as input_global_scale).
+@pytest.mark.parametrize("extra, name", [((), "tiny-w4g128-auto_round"),
+                                         (("--scheme", "NVFP4", "--format", "llm_compressor"),
+                                          "tiny-nvfp4_a4s-llm_compressor")])
+def test_killed_run_resumes_to_the_same_bytes(extra, name, tiny_model_dir, tmp_path, caplog, capsys):
     out = tmp_path / "killed"
-    work = _kill_after_block0(tiny_model_dir, out, tmp_path)
+    work = _kill_after_block0(tiny_model_dir, out, tmp_path, extra)
     # the work directory, and the streamed output being written in its hidden partial directory
     others = [p for p in out.iterdir() if p != work]
-    assert all(p.name.startswith(".tiny-w4g128-auto_round.partial-") for p in others), others
+    assert all(p.name.startswith(f".{name}.partial-") for p in others), others
     assert {p.name for p in work.iterdir()} >= {"fingerprint.json", "block-00000.pt", "chain-00001.pt"}
     assert not (work / "block-00001.pt").exists()
 
     # Another command (other iters) refuses the checkpoint, says why, and leaves it as it was.
     before = _digests(work)
-    assert main(_args(tiny_model_dir, out, iters=2)) == 2
+    assert main(_args(tiny_model_dir, out, iters=2, extra=extra)) == 2
     err = capsys.readouterr().err
     assert "different run" in err and "iters: 3 then, 2 now" in err, err
     assert _digests(work) == before and [p for p in out.iterdir() if p != work] == others
 
     # The same command continues from block 1 (the second block) and removes the work directory.
     with caplog.at_level(logging.WARNING, logger="signround"):
-        assert main(_args(tiny_model_dir, out)) == 0
+        assert main(_args(tiny_model_dir, out, extra=extra)) == 0
     assert "resuming from block 2 of 2" in caplog.text
     assert _work_dirs(out) == []
 
     fresh = tmp_path / "fresh"
-    assert main(_args(tiny_model_dir, fresh)) == 0
+    assert main(_args(tiny_model_dir, fresh, extra=extra)) == 0
     assert _work_dirs(fresh) == []
     got, want = _digests(out), _digests(fresh)
     assert got == want and any(name.endswith(".safetensors") for name in want)
