@@ -109,9 +109,10 @@ def test_gguf_per_tensor_types_mix_in_llama_cpp(tmp_path):
     (folder,) = ar.save_quantized(tmp_path, "gguf:q2_k_s")
     path = next(folder.glob("*.gguf"))
 
-    want = {s.gguf_name: ar._plan.layers[s.hf_name.removesuffix(".weight")].scheme.ggml_type
-            for s in model_tensors(skeleton) if s.hf_name.removesuffix(".weight") in ar._plan.layers
-            and ar._plan.layers[s.hf_name.removesuffix(".weight")].quantized}
+    chosen = {p.name: p.scheme.ggml_type for p in ar._plan.quantized()}  # the 14 Linear layers and lm_head
+    want = {s.gguf_name: chosen[s.hf_name.removesuffix(".weight")] for s in model_tensors(skeleton)
+            if s.hf_name.removesuffix(".weight") in chosen}
+    assert len(want) == len(chosen) == 15
     types = {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
     assert {n: types[n] for n in want} == want and len(set(want.values())) == 3, types  # Q2_K, Q4_K, Q6_K
     assert ar.settings()["auto_scheme"]["achieved_avg_bits"] <= 4.0
