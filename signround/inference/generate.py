@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-
 from .checkpoint import CheckpointError, read_config
 
 __all__ = ["GenerateResult", "generate_text"]
