@@ -261,6 +261,7 @@ def take_fp_layers(qc: dict[str, Any], tensors: dict[str, torch.Tensor], where: 
             tensors.pop(f"{name}.{k}", None)
     if out.layers:
         kinds = sorted({f"{q.data_type} {q.bits}-bit" for q in out.layers.values()})
-        logger.info("%d FP layers (%s): no CPU kernel runs FP4/FP8 codes, so they are dequantized once at load",
+        logger.info("%d FP layers (%s): no CPU kernel multiplies FP4/FP8 codes, so each is dequantized by its backend "
+                    "(packed_dequant: in every forward; dequant: once at load)",
                     len(out.layers), ", ".join(kinds))
     return out
