@@ -50,3 +50,25 @@ def test_nan_in_a_later_piece_and_a_truncated_file_are_named(tmp_path, monkeypat
     path.write_bytes(data[:-100])
     with pytest.raises(CheckpointError, match="ends inside tensor data"):
         ShardTensors({"w": str(path)}).read_as("w", torch.float32)
+
+
+def test_auto_round_fp_layers_are_decoded_when_built(tiny, calib_ids, tmp_path):
+    """Streamed loading decodes an FP layer only when the loader asks for it, to the same codes as reading the
+    whole checkpoint at once."""
+    from signround.export.registry import ExportInput, export_model
+    from signround.formats import Format
+    from signround.inference.checkpoint import read_checkpoint
+    from signround.inference.packed_stream import LazyLayers
+    from tests.helpers import quantize_tiny
+
+    model = tiny("llama")
+    plan, result = quantize_tiny(model, calib_ids, "MXFP4", iters=0, formats=(Format.AUTO_ROUND,))
+    out = export_model(ExportInput(model, None, plan, result.weights, source="tiny", act_max=result.act_max),
+                       Format.AUTO_ROUND, tmp_path / "q")
+    streamed, whole = read_checkpoint(out, stream=True), read_checkpoint(out)
+    assert isinstance(streamed.layers, LazyLayers) and not streamed.layers._eager  # nothing decoded yet
+    assert sorted(streamed.layers) == sorted(whole.layers) and len(whole.layers) == len(plan.quantized())
+    for name, fq in whole.layers.items():
+        got = streamed.layers[name]
+        assert torch.equal(got.codes, fq.codes) and torch.equal(got.scale, fq.scale) and got.data_type == "mx_fp"
+    assert not any(k.endswith(("weight_packed", "weight_scale")) for k in streamed.tensors)
