@@ -130,11 +130,11 @@ def _torch_row(row: str, args) -> dict:
             model(input_ids=ids, use_cache=False)
             p_s = time.perf_counter() - t0
         result = greedy_decode(model, ids, args.decode_steps + 1)  # the first new token ends the prefill
-        hf_s = _transformers_loop(model, ids, args.decode_steps)
+        hf_s = _transformers_loop(model, ids, args.decode_steps) if args.transformers_loop else None
         if rep:  # the first round is a warm-up
             prefill.append(p_s)
             decode.append(result.decode_tokens_per_s)
-            hf.append(args.decode_steps / hf_s)
+            hf.append(args.decode_steps / hf_s if hf_s else 0.0)
     return dict(linear=resident, bf16=bf16, peak=peak, prefill=min(prefill), decode=max(decode), hf=max(hf))
 
 
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads [2]")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--decode_steps", type=int, default=32)
+    p.add_argument("--transformers_loop", type=int, default=1, help="also time transformers' own loop [1]")
     p.add_argument("--skip", default="", help="comma-separated row prefixes to skip (e.g. llama.cpp,dequant)")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row, print JSON
     args = p.parse_args(argv)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(row.startswith(x) for x in args.skip.split(",") if x):
             continue
         cmd = [sys.executable, __file__, "--row", row, "--threads", str(args.threads), "--repeats", str(args.repeats),
-               "--decode_steps", str(args.decode_steps)]
+               "--decode_steps", str(args.decode_steps), "--transformers_loop", str(args.transformers_loop)]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode:
             print(f"{row}: failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         rel_p = f"{r['prefill'] / f32['prefill']:.2f}x" if f32 else "-"
         rel_d = f"{r['decode'] / f32['decode']:.2f}x" if f32 else "-"
         rel_b = f"{r['decode'] / b16['decode']:.2f}x" if b16 else "-"
-        loop = f"{r['hf']:.1f}" if "hf" in r else "-"
+        loop = f"{r['hf']:.1f}" if r.get("hf") else "-"
         print(f"| {row} | {r['linear'] / 2**20:.1f} | {vs_bf16} | {r['peak'] / 2**20:.0f} | {r['prefill']:.3f} | "
               f"{rel_p} | {r['decode']:.1f} | {rel_d} | {rel_b} | {loop} |")
     return 0
