@@ -7,8 +7,12 @@ Each row runs in its own subprocess (so its load peak RSS is its own), same thre
 - ``linear MiB``: resident bytes of the quantized Linears' tensors (float rows: the same Linears' weights),
   and ``vs bf16``: that over those Linears' bf16 size;
 - ``load peak MiB``: VmHWM while loading, over the RSS after imports (``/proc/self/clear_refs``);
-- ``prefill s``: one forward of a 512-token prompt (no cache), median of ``--repeats``;
-- ``decode tok/s``: after that prefill with KV cache, ``--decode_steps`` single-token forwards, median.
+- ``prefill s``: one forward of a 512-token prompt (no cache, all logits), best of ``--repeats``;
+- ``decode tok/s``: ``--decode_steps`` new tokens after that prompt through ``signround.inference.decode.
+  greedy_decode`` (reserved KV cache, float32 single-query attention, oneDNN off for one-row matmuls): the
+  same loop for every torch row, float ones included, so the ratios compare models, not loops; best of
+  ``--repeats`` (the machine may be shared: the best run is the least disturbed one); ``transformers
+  loop``: the same tokens with transformers' defaults (DynamicCache, SDPA), for reference.
 
 Rows: float fp32 and bf16 (``from_pretrained``); signround ``load_quantized`` with the default (packed int4
 kernel, bf16) for group 128 and 32, and ``backend="dequant"`` (fp32) for group 128; llama.cpp on q4_0 and
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -80,12 +83,27 @@ def _linear_bytes(model) -> tuple[int, int]:
     return resident, bf16
 
 
+def _transformers_loop(model, ids, steps: int) -> float:
+    """Seconds for ``steps`` tokens with transformers' defaults (DynamicCache, its attention), for reference."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True)
+        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = model(input_ids=nxt, cache=cache, use_cache=True)
+            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        return time.perf_counter() - t0
+
+
 def _torch_row(row: str, args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
+    from signround.inference.decode import greedy_decode
     from signround.inference.load import load_quantized, model_skeleton
     from signround.testing import smollm2_hf_dir
 
@@ -105,23 +123,19 @@ def _torch_row(row: str, args) -> dict:
     model.eval()
     resident, bf16 = _linear_bytes(model)
     ids = torch.randint(0, 49152, (1, PROMPT), generator=torch.Generator().manual_seed(0))
-    prefill, decode = [], []
-    with torch.inference_mode():
-        for rep in range(args.repeats + 1):
+    prefill, decode, hf = [], [], []
+    for rep in range(args.repeats + 1):
+        with torch.inference_mode():
             t0 = time.perf_counter()
             model(input_ids=ids, use_cache=False)
             p_s = time.perf_counter() - t0
-            out = model(input_ids=ids, use_cache=True)
-            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            t0 = time.perf_counter()
-            for _ in range(args.decode_steps):
-                out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
-                cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            if rep:  # the first round is a warm-up
-                prefill.append(p_s)
-                decode.append(args.decode_steps / (time.perf_counter() - t0))
-    return dict(linear=resident, bf16=bf16, peak=peak, prefill=statistics.median(prefill),
-                decode=statistics.median(decode))
+        result = greedy_decode(model, ids, args.decode_steps + 1)  # the first new token ends the prefill
+        hf_s = _transformers_loop(model, ids, args.decode_steps) if args.transformers_loop else None
+        if rep:  # the first round is a warm-up
+            prefill.append(p_s)
+            decode.append(result.decode_tokens_per_s)
+            hf.append(args.decode_steps / hf_s if hf_s else 0.0)
+    return dict(linear=resident, bf16=bf16, peak=peak, prefill=min(prefill), decode=max(decode), hf=max(hf))
 
 
 def _llama_row(row: str, args) -> dict:
@@ -147,16 +161,15 @@ def _llama_row(row: str, args) -> dict:
         if rep:
             prefill.append(p_s)
             decode.append(args.decode_steps / (time.perf_counter() - t0))
-    return dict(linear=path.stat().st_size, bf16=0, peak=peak, prefill=statistics.median(prefill),
-                decode=statistics.median(decode))
+    return dict(linear=path.stat().st_size, bf16=0, peak=peak, prefill=min(prefill), decode=max(decode))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=1,
-                   help="[1: on a shared 2-core machine 2 threads spin-wait on the busy core; use 2 on a quiet one]")
+    p.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads [2]")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--decode_steps", type=int, default=32)
+    p.add_argument("--transformers_loop", type=int, default=1, help="also time transformers' own loop [1]")
     p.add_argument("--skip", default="", help="comma-separated row prefixes to skip (e.g. llama.cpp,dequant)")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row, print JSON
     args = p.parse_args(argv)
@@ -172,24 +185,27 @@ def main(argv: list[str] | None = None) -> int:
         if any(row.startswith(x) for x in args.skip.split(",") if x):
             continue
         cmd = [sys.executable, __file__, "--row", row, "--threads", str(args.threads), "--repeats", str(args.repeats),
-               "--decode_steps", str(args.decode_steps)]
+               "--decode_steps", str(args.decode_steps), "--transformers_loop", str(args.transformers_loop)]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode:
             print(f"{row}: failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             continue
         results[row] = json.loads(run.stdout.strip().splitlines()[-1])
         print(f"{row}: {results[row]}", file=sys.stderr)
-    f32 = results.get("float fp32", {})
+    f32, b16 = results.get("float fp32", {}), results.get("float bf16", {})
     print(f"\n{machine_line()}; threads {args.threads}; load average {load_avg:.2f} at start, "
-          f"{os.getloadavg()[0]:.2f} at end; median of {args.repeats}")
-    print(f"| model | linear MiB | vs bf16 | load peak MiB | prefill {PROMPT} s | vs fp32 | decode tok/s | vs fp32 |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{os.getloadavg()[0]:.2f} at end; best of {args.repeats}")
+    print(f"| model | linear MiB | vs bf16 | load peak MiB | prefill {PROMPT} s | vs fp32 | decode tok/s | vs fp32 | "
+          f"vs bf16 | transformers loop tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row, r in results.items():
         vs_bf16 = f"{r['linear'] / r['bf16']:.2f}x" if r["bf16"] else "(file)"
         rel_p = f"{r['prefill'] / f32['prefill']:.2f}x" if f32 else "-"
         rel_d = f"{r['decode'] / f32['decode']:.2f}x" if f32 else "-"
+        rel_b = f"{r['decode'] / b16['decode']:.2f}x" if b16 else "-"
+        loop = f"{r['hf']:.1f}" if r.get("hf") else "-"
         print(f"| {row} | {r['linear'] / 2**20:.1f} | {vs_bf16} | {r['peak'] / 2**20:.0f} | {r['prefill']:.3f} | "
-              f"{rel_p} | {r['decode']:.1f} | {rel_d} |")
+              f"{rel_p} | {r['decode']:.1f} | {rel_d} | {rel_b} | {loop} |")
     return 0
 
 

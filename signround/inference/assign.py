@@ -3,7 +3,9 @@
 Both load paths end here (a float fake-format checkpoint, and the non-packed tensors of a packed one):
 every tensor must name a parameter of the skeleton, with its shape, a floating dtype where the model
 holds floats, and only finite values; every parameter must get a tensor (a tied lm_head may share the
-embeddings' one). Each failure is a ``CheckpointError`` naming the file and the tensor.
+embeddings' one). Each failure is a ``CheckpointError`` naming the file and the tensor. Tensors streamed
+from their files (``ShardTensors``) are checked and cast a few MiB of rows at a time, so loading holds
+each tensor once, in the load dtype.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from ..model.arch import tied_embeddings
 from .layouts import CheckpointError, check_finite
+from .packed_stream import ShardTensors
 
 __all__ = ["check_tensors", "assign_tensors", "PACKED_SUFFIXES"]
 
@@ -39,21 +42,44 @@ def check_tensors(tensors: dict[str, torch.Tensor], where: dict[str, str], expec
     if extra:
         raise CheckpointError(f"{where[extra[0]]}: {len(extra)} tensor(s) match no parameter of {model_name}: "
                               f"{_names(extra)}{_extra_hint(extra, quantized)}")
-    for name, t in tensors.items():
+    for name in tensors:
         want, at = expected[name], f"{where[name]}: {name}"
-        if tuple(t.shape) != tuple(want.shape):
-            raise CheckpointError(f"{at} has shape {tuple(t.shape)}, {model_name} expects {tuple(want.shape)}")
-        if want.is_floating_point() != t.is_floating_point():
+        shape, dtype = tensors.header(name) if isinstance(tensors, ShardTensors) else \
+            (tuple(tensors[name].shape), tensors[name].dtype)
+        if tuple(shape) != tuple(want.shape):
+            raise CheckpointError(f"{at} has shape {tuple(shape)}, {model_name} expects {tuple(want.shape)}")
+        floating = dtype is not None and dtype.is_floating_point
+        if want.is_floating_point() != floating:
             kind = "a floating-point tensor" if want.is_floating_point() else f"{want.dtype}"
-            raise CheckpointError(f"{at} is {t.dtype}, {model_name} expects {kind}")
-        if t.is_floating_point():
-            check_finite(t, at)
+            raise CheckpointError(f"{at} is {dtype}, {model_name} expects {kind}")
+        if floating:
+            _check_finite(tensors, name, at)
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], name: str, at: str) -> None:
+    if not isinstance(tensors, ShardTensors):
+        return check_finite(tensors[name], at)
+    bad = total = 0
+    for chunk in tensors.row_chunks(name):
+        total += chunk.numel()
+        if not bool(torch.isfinite(chunk).all()):
+            bad += int((~torch.isfinite(chunk)).sum())
+    if bad:
+        raise CheckpointError(f"{at} holds {bad} NaN/inf value(s) of {total} (damaged or badly exported file)")
 
 
 def assign_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: dict[str, str], folder: Path,
                    dtype: torch.dtype) -> None:
     """Put ``tensors`` (already checked) into the meta ``model``, cast to ``dtype``; fail on any parameter left out."""
-    cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    cast = {}
+    for k in list(tensors):
+        if isinstance(tensors, ShardTensors):
+            shape, file_dtype = tensors.header(k)
+            cast[k] = tensors.read_as(k, dtype) if file_dtype is not None and file_dtype.is_floating_point \
+                else tensors[k]
+        else:
+            v = tensors[k]
+            cast[k] = v.to(dtype) if v.is_floating_point() else v
     model.load_state_dict(cast, strict=False, assign=True)
     if tied_embeddings(model):
         model.tie_weights()

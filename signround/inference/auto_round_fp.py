@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -25,6 +26,7 @@ from ..formats.fp_packing import e8m0_decode, static_act_max, unpack_fp4
 from ..quant.fp_types import FPQuantized
 from ..schemes import DATA_TYPES, QuantScheme
 from .layouts import CheckpointError, check_finite
+from .packed_stream import ShardTensors
 
 __all__ = ["FP_PACKINGS", "FPLayers", "fp_layer_scheme", "resolve_fp_schemes", "decode_fp_layer", "take_fp_layers",
            "is_fp_config", "from_sign_magnitude", "input_schemes"]
@@ -233,17 +235,27 @@ def _act_max(r: _Reader, scheme: QuantScheme) -> torch.Tensor | None:
 @dataclass
 class FPLayers:
     layers: dict[str, FPQuantized] = field(default_factory=dict)
+    decoders: dict[str, Callable[[], FPQuantized]] = field(default_factory=dict)  # streamed: decoded when built
     act_schemes: dict[str, QuantScheme] = field(default_factory=dict)
     act_max: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def _dtype(tensors: dict[str, torch.Tensor], name: str) -> "torch.dtype | None":
+    return tensors.header(name)[1] if isinstance(tensors, ShardTensors) else tensors[name].dtype
+
+
 def take_fp_layers(qc: dict[str, Any], tensors: dict[str, torch.Tensor], where: dict[str, str], config_path: Path,
-                   in_features: dict[str, int] | None = None) -> FPLayers:
-    """Decode every FP layer of an auto_round checkpoint and remove its tensors from ``tensors``."""
-    candidates = sorted({k.rsplit(".", 1)[0] for k, t in tensors.items()
-                         if k.rsplit(".", 1)[-1] in FP_TENSORS or t.dtype == torch.float8_e4m3fn})
+                   in_features: dict[str, int] | None = None, source: "ShardTensors | None" = None) -> FPLayers:
+    """Decode every FP layer of an auto_round checkpoint and remove its tensors from ``tensors``.
+
+    ``source`` (streamed loading: ``tensors`` and ``source`` both ``ShardTensors`` of the files): each layer
+    is decoded from ``source`` only when the loader builds it (``FPLayers.decoders``), so one layer's codes
+    exist at a time; its errors then surface at that point."""
+    candidates = sorted({k.rsplit(".", 1)[0] for k in tensors
+                         if k.rsplit(".", 1)[-1] in FP_TENSORS or _dtype(tensors, k) == torch.float8_e4m3fn})
     schemes = resolve_fp_schemes(qc, candidates, str(config_path))
     out = FPLayers()
+    schemes_of: dict[str, QuantScheme] = {}  # streamed layers' schemes, for the log line
     for name in candidates:
         scheme = schemes[name]
         if scheme is None or scheme.data_type == "int":
@@ -251,16 +263,21 @@ def take_fp_layers(qc: dict[str, Any], tensors: dict[str, torch.Tensor], where: 
             raise CheckpointError(f"{where.get(_Reader(name, tensors, where)._any(), '?')}: {name} has FP tensors "
                                   f"({', '.join(k for k in ('weight', *FP_TENSORS) if f'{name}.{k}' in tensors)}), "
                                   f"but {config_path} says it {kind}")
-        out.layers[name] = decode_fp_layer(name, scheme, tensors, where, (in_features or {}).get(name))
+        if source is None:
+            out.layers[name] = decode_fp_layer(name, scheme, tensors, where, (in_features or {}).get(name))
+        else:
+            out.decoders[name] = partial(decode_fp_layer, name, scheme, source, where, (in_features or {}).get(name))
+            schemes_of[name] = scheme
         if scheme.quantizes_activations:
             out.act_schemes[name] = scheme
             amax = _act_max(_Reader(name, tensors, where), scheme)
             if amax is not None:
                 out.act_max[name] = amax
         for k in ("weight", *FP_TENSORS):
-            tensors.pop(f"{name}.{k}", None)
-    if out.layers:
-        kinds = sorted({f"{q.data_type} {q.bits}-bit" for q in out.layers.values()})
-        logger.info("%d FP layers (%s): no CPU kernel runs FP4/FP8 codes, so they are dequantized once at load",
-                    len(out.layers), ", ".join(kinds))
+            tensors.discard(f"{name}.{k}") if source is not None else tensors.pop(f"{name}.{k}", None)
+    if out.layers or out.decoders:
+        kinds = sorted({f"{q.data_type} {q.bits}-bit" for q in [*out.layers.values(), *schemes_of.values()]})
+        logger.info("%d FP layers (%s): no CPU kernel multiplies FP4/FP8 codes, so each is dequantized by its backend "
+                    "(packed_dequant: in every forward; dequant: once at load)",
+                    len(out.layers) + len(out.decoders), ", ".join(kinds))
     return out

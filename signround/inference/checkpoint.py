@@ -264,7 +264,8 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
 
     ``stream``: tensors are read from their shard when used and int layers decoded when ``layers[name]``
     is read (``packed_stream.py``), so a loader building one module per layer holds one layer at a time;
-    their errors then surface at that read. Compressed-tensors and FP layers are decoded here either way."""
+    their errors then surface at that read; auto_round FP layers too (``take_fp_layers``). Compressed-tensors
+    layers are decoded here either way."""
     folder = Path(folder)
     config = read_config(folder)
     qc = config.get("quantization_config")
@@ -278,8 +279,8 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
         tensors, source = ShardTensors(where), ShardTensors(where)
     else:
         tensors, where = read_tensors(folder)
-    fp = take_fp_layers(config["quantization_config"], tensors, where, folder / "config.json", in_features) \
-        if view.method == "auto-round" else FPLayers()
+    fp = take_fp_layers(config["quantization_config"], tensors, where, folder / "config.json", in_features,
+                        source if stream else None) if view.method == "auto-round" else FPLayers()
     names = sorted({k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")})
     orphans = sorted(k for k in tensors if k.endswith((".qzeros", ".scales")) and k.rsplit(".", 1)[0] not in names)
     if orphans:
@@ -304,9 +305,9 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
     if stream:
         layers = decoders  # type: ignore[assignment]  (names for the checks below; LazyLayers at the end)
     int_specs = {n: s for n, s in specs.items() if n in layers and s is not None}
-    layout = Layout.AUTO_ROUND_FP if fp.layers and not layers else view.layout
+    layout = Layout.AUTO_ROUND_FP if (fp.layers or fp.decoders) and not layers else view.layout
     if view.method == "auto-round":  # int layers with quantized inputs (act_* keys), beside the FP ones
         fp.act_schemes.update(input_schemes(config["quantization_config"], sorted(layers), str(folder / "config.json")))
-    all_layers = LazyLayers(decoders, fp.layers) if stream else {**layers, **fp.layers}
+    all_layers = LazyLayers({**decoders, **fp.decoders}, fp.layers) if stream else {**layers, **fp.layers}
     return QuantizedCheckpoint(folder, config, config["quantization_config"], all_layers, tensors, layout,
                                view.method, int_specs, where, fp.act_schemes, fp.act_max)

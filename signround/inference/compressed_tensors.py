@@ -1,7 +1,8 @@
 """Read a compressed-tensors checkpoint (``quant_method: compressed-tensors``) into per-layer results.
 
-Int layers become ``QuantizedWeight``, FP layers ``FPQuantized`` (both dequantize the same way in
-``QuantLinear``: CPU has no FP4/FP8 kernel, so FP layers are dequantized once at load, and the log says so).
+Int layers become ``QuantizedWeight``, FP layers ``FPQuantized``; the loader gives each the backend
+``backends.py`` selects (CPU has no FP4/FP8 kernel: FP layers run on ``packed_dequant``, codes packed and
+the weight rebuilt in each forward, or on ``dequant``, dequantized once, and the log says which).
 Tensor layouts are ``formats/ct_layout.py``'s. Each quantized layer's scheme comes from its config group:
 an exact target name first, then a ``re:`` regex (``re.match``), then a class target (``Linear``); a name in
 ``ignore`` stays float. Strict like the other readers: a layer with quantized tensors that the config leaves
@@ -261,6 +262,7 @@ def read_compressed_tensors(folder: Path, config: dict[str, Any],
                                   f"does not name them) but the files hold them in float: compressed-tensors would "
                                   f"load uninitialised scales for them")
     for fmt, n in fp_formats.items():
-        logger.info("%d %s layers: no FP4/FP8 kernel on CPU, dequantized once at load to dense weights", n, fmt)
+        logger.info("%d %s layers: no FP4/FP8 kernel on CPU, so each is dequantized by its backend (packed_dequant: "
+                    "in every forward; dequant: once at load)", n, fmt)
     return QuantizedCheckpoint(folder, config, config["quantization_config"], layers, r.tensors,
                                Layout.COMPRESSED_TENSORS, ct.QUANT_METHOD, specs, r.where, act_schemes, act_max)

@@ -1,19 +1,16 @@
 """``signround generate``: try a checkpoint on CPU in one line, tokens streamed, speed reported.
 
-Greedy decoding (the same prompt gives the same text, so runs compare). The speed line separates the
-prompt (prefill: time to the first new token) from decoding (the tokens after it), since one is
-compute-bound and the other memory-bound.
+Greedy decoding through ``decode.greedy_decode`` (the loop the speed benchmark measures; the same prompt
+gives the same text, so runs compare). The speed line separates the prompt (prefill: time to the first
+new token) from decoding (the tokens after it), since one is compute-bound and the other memory-bound.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
-
-import torch
 
 from .checkpoint import CheckpointError, read_config
 
@@ -36,28 +33,17 @@ class GenerateResult:
                 f"{self.decode_tokens_per_s:.2f} tokens/s")
 
 
-def _timed_streamer(tokenizer, out: TextIO):
+def _text_streamer(tokenizer, out: TextIO):
     from transformers import TextStreamer
 
-    class TimedStreamer(TextStreamer):
-        """TextStreamer writing to ``out`` that records when each batch of new tokens arrives."""
-
-        def __init__(self) -> None:
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.times: list[float] = []
-            self.seen_prompt = False
-
-        def put(self, value: torch.Tensor) -> None:
-            if self.seen_prompt:
-                self.times.append(time.perf_counter())
-            self.seen_prompt = True
-            super().put(value)
+    class Streamer(TextStreamer):
+        """TextStreamer writing the new text to ``out`` (the prompt is never fed to it)."""
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
             out.write(text + ("\n" if stream_end else ""))
             out.flush()
 
-    return TimedStreamer()
+    return Streamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
 
 
 def generate_text(model_dir: "str | Path", prompt: str, max_new_tokens: int = 64, backend: str | None = None,
@@ -65,6 +51,7 @@ def generate_text(model_dir: "str | Path", prompt: str, max_new_tokens: int = 64
     """Load ``model_dir`` (quantized or float) and stream a greedy continuation of ``prompt`` to ``out``."""
     from transformers import AutoTokenizer
 
+    from .decode import greedy_decode
     from .load import load_quantized
 
     if max_new_tokens < 1:
@@ -79,12 +66,9 @@ def generate_text(model_dir: "str | Path", prompt: str, max_new_tokens: int = 64
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     if ids.shape[1] == 0:
         raise ValueError("the prompt encodes to no tokens")
-    streamer = _timed_streamer(tokenizer, out)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        result = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                do_sample=False, streamer=streamer, pad_token_id=tokenizer.pad_token_id
-                                if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    new = result.shape[1] - ids.shape[1]
-    times = streamer.times or [time.perf_counter()]
-    return GenerateResult(ids.shape[1], new, times[0] - start, times[-1] - times[0])
+    streamer = _text_streamer(tokenizer, out)
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    result = greedy_decode(model, ids, max_new_tokens, on_token=lambda t: streamer.put(t[0]),
+                           eos_token_id=tokenizer.eos_token_id if eos is None else eos)
+    streamer.end()
+    return GenerateResult(ids.shape[1], result.tokens.shape[1], result.prefill_s, result.decode_s)

@@ -21,7 +21,8 @@ from ..schemes import QuantScheme
 from ..tune.act_inputs import attach_quantized_inputs
 from .assign import assign_tensors, check_tensors
 from .backends import BACKENDS, backend_names, select_backend
-from .checkpoint import CheckpointError, QuantizedCheckpoint, read_checkpoint, read_config, read_tensors
+from .checkpoint import CheckpointError, QuantizedCheckpoint, read_checkpoint, read_config, tensor_locations
+from .packed_stream import ShardTensors
 
 __all__ = ["load_quantized", "model_skeleton", "recorded_input_quantization"]
 
@@ -127,7 +128,8 @@ def load_quantized(path: "str | Path", dtype: "str | torch.dtype | None" = None,
         _replace_quantized(model, ckpt, widths, device, torch_dtype, keep_codes, backend)
     else:
         logger.info("%s has no quantization_config: loading it as a float (fake-format) checkpoint", folder)
-        tensors, where = read_tensors(folder)
+        where = tensor_locations(folder)
+        tensors = ShardTensors(where)  # read (and cast) from the files by assign_tensors, a few MiB at a time
         check_tensors(tensors, where, expected, model_name, quantized=False)
     assign_tensors(model, tensors, where, folder, torch_dtype)
     schemes, act_max = (ckpt.act_schemes, ckpt.act_max) if quantized else recorded_input_quantization(folder)

@@ -6,10 +6,10 @@ returns them two per byte; ``_weight_int4pack_mm_for_cpu(x, packed, group, scale
 bfloat16. Our ``w = scale * (code - zp)`` is that with ``zero = (8 - zp) * scale``. The kernel runs in
 bfloat16 (its float32 path is ~25x slower), so activations are cast in and the result cast back.
 
-Kernel limits the module bridges: the group must be 32, 64, 128 or 256 (a larger multiple of 32, and a
-per-channel scale, is the same scale repeated over kernel groups), ``in`` a multiple of the group (the
-last partial group is padded with zero columns and the input with zeros) and ``out`` a multiple of 16
-(zero rows, cut from the output).
+Kernel limits the module bridges: the group must be 32, 64, 128 or 256 (a larger multiple of 32, a
+per-channel scale, and a group that does not divide ``in`` are the same scale repeated over smaller
+kernel groups), ``in`` a multiple of the kernel group (else padded with zero columns and the input with
+zeros) and ``out`` a multiple of 16 (zero rows, cut from the output).
 """
 
 from __future__ import annotations
@@ -31,13 +31,18 @@ def _ceil_to(n: int, m: int) -> int:
 
 
 def int4_kernel_group(group_size: int, in_features: int) -> tuple[int, int] | None:
-    """(kernel group, padded in_features) for a layer, or None when its groups cannot be expressed."""
+    """(kernel group, padded in_features) for a layer, or None when its groups cannot be expressed.
+
+    The kernel group divides the layer's group and pads ``in_features`` the least (the largest such): a
+    group-128 layer of width 576 runs as group 64 with each scale twice (no padded columns to read and no
+    pad of the input in every forward, and fewer bytes than padding to 640)."""
     if group_size >= in_features:  # one scale per row: any kernel group that tiles the padded row
         padded = _ceil_to(in_features, GROUP_MULTIPLE)
         return next(g for g in KERNEL_GROUPS if padded % g == 0), padded
     if group_size % GROUP_MULTIPLE:
         return None
-    return next(g for g in KERNEL_GROUPS if group_size % g == 0), _ceil_to(in_features, group_size)
+    group = min((g for g in KERNEL_GROUPS if group_size % g == 0), key=lambda g: (_ceil_to(in_features, g), -g))
+    return group, _ceil_to(in_features, group)
 
 
 def pack_int4(qw: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -54,8 +59,9 @@ def pack_int4(qw: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor, int, int
     codes = torch.zeros(padded_out, padded_in, dtype=torch.int32)
     codes[:out_f, :in_f] = qw.codes.to(torch.int32)
     repeat = (padded_in if qw.scale.shape[1] == 1 else qw.group_size) // group
-    scale = qw.scale.float().repeat_interleave(repeat, 1)
-    zero = (8.0 - qw.zero.float().repeat_interleave(repeat, 1)) * scale
+    kernel_groups = padded_in // group  # the last layer group may end inside the padding, or before it
+    scale = qw.scale.float().repeat_interleave(repeat, 1)[:, :kernel_groups]  # (out, kernel_groups)
+    zero = (8.0 - qw.zero.float().repeat_interleave(repeat, 1)[:, :kernel_groups]) * scale
     pair = torch.zeros(padded_out, padded_in // group, 2)
     pair[:out_f, :, 0], pair[:out_f, :, 1] = scale, zero
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)

@@ -1,6 +1,6 @@
-"""QuantLinear for the pure-torch backend: unpack once at load, then run a plain dense matmul.
+"""QuantLinear, the ``dequant`` backend: unpack once at load, then run a plain dense matmul.
 
-AutoRound's torch backend re-dequantizes the whole weight on every forward (reference §6); here
+AutoRound's "torch" backend re-dequantizes the whole weight on every forward (reference §6); here
 the codes are dequantized a single time into the compute dtype, so a forward costs exactly what the
 float model's does. The integer codes are kept (``quantized``) for re-export and conversion.
 """

@@ -101,7 +101,7 @@ def _load_hf_auto_round(folder: Path) -> LogitsFn:
 
     method, _ = checkpoint_method(folder)
     if method == "gptq":  # auto-round converts a GPTQ checkpoint when given its config
-        return _load_hf(folder, quantization_config=AutoRoundConfig(backend="torch"))
+        return _load_hf(folder, quantization_config=AutoRoundConfig(backend="torch"))  # auto-round's backend name
     return _load_hf(folder)
 
 

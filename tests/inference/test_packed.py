@@ -46,10 +46,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("bits,cls", [(4, PackedInt4Linear), (8, PackedInt8Linear)])
 @pytest.mark.parametrize("out_f,in_f,group", [(48, 256, 32), (48, 256, 64), (64, 512, 128), (32, 512, 256),
-                                              (32, 1024, 512), (40, 576, 576), (40, 100, 100), (40, 100, 32)])
+                                              (32, 1024, 512), (40, 576, 576), (40, 100, 100), (40, 100, 32),
+                                              (48, 576, 128), (48, 592, 128)])
 @pytest.mark.parametrize("sym", [True, False])
 def test_kernel_matches_dequantized_matmul(bits, cls, out_f, in_f, group, sym):
-    """Groups 32-256 native, 512 and per-row as repeated kernel groups, in=100 / out=40 padded; asym zero points
+    """Groups 32-256 native, 512, per-row and 128 on a width of 576 (64 x 9) or 592 (16 x 37) as repeated kernel
+    groups, in=100 / out=40 padded; asym zero points
     folded as (8 - zp) * scale. Reference: the float64 dequantized weight times the bf16-rounded input."""
     qw = _qw(bits, out_f, in_f, group, sym)
     bias = torch.randn(out_f).to(torch.bfloat16)
@@ -71,6 +73,17 @@ def test_int4_memory_is_half_a_byte_per_weight():
     assert layer.packed.numel() * layer.packed.element_size() == 64 * 512 // 2
     assert layer.scale_and_zero.numel() * 2 == 64 * (512 // 128) * 2 * 2  # scale and zero, bf16, per group and row
     assert not any(t.is_floating_point() and t.numel() >= 64 * 512 for t in layer.buffers())
+
+
+@pytest.mark.parametrize("group,in_f,kernel_group,padded", [(128, 576, 64, 576), (128, 512, 128, 512),
+                                                            (128, 592, 32, 608), (32, 100, 32, 128),
+                                                            (576, 576, 64, 576), (256, 768, 256, 768)])
+def test_int4_kernel_group_avoids_padding(group, in_f, kernel_group, padded):
+    """A layer group that does not divide the width runs as a smaller kernel group that does (SmolLM2's 576-wide
+    layers at group 128: kernel group 64, no padded input), and pads the least when no kernel group divides it."""
+    layer = PackedInt4Linear(_qw(4, 16, in_f, group, False), None, torch.bfloat16)
+    assert (layer.kernel_group, layer.padded_in) == (kernel_group, padded)
+    assert layer.scale_and_zero.shape == (padded // kernel_group, 16, 2)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

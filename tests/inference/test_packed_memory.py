@@ -75,3 +75,19 @@ def test_streamed_packed_load_peaks_near_its_resident_size(tmp_path):
     assert packed["peak"] < packed["resident"] + 40 * largest, packed
     assert packed["peak"] < dequant["resident"], (packed, dequant)  # below the float model itself
     assert packed["peak"] < 0.5 * dequant["peak"], (packed, dequant)  # measured 120-148 vs 451-555 MiB
+
+
+def test_float_tensors_load_in_the_load_dtype(tmp_path):
+    """A float32 checkpoint with large embeddings loaded as bfloat16 never holds a float32 tensor whole (nor maps
+    the file's pages): the peak stays under one float32 embedding (64 MiB) above the resident size (measured +29 MiB
+    here; casting whole float32 tensors read from mapped files measured +175 MiB)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=1024, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=8,
+                      num_key_value_heads=8, vocab_size=16384, max_position_embeddings=64, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "f")
+    loaded = _probe(tmp_path / "f", "bfloat16", "auto")
+    embedding_f32 = 16384 * 1024 * 4
+    assert loaded["resident"] < 0.7 * 2 * embedding_f32  # bf16: half of the two float32 vocab matrices, plus a block
+    assert loaded["peak"] < loaded["resident"] + embedding_f32, loaded
