@@ -1,16 +1,18 @@
 """Sensitivity of every candidate layer to every option, from ONE forward and backward of the LM loss.
 
-First-order estimate of the loss increase (the SignRoundV2 "fast sensitivity metric", reference §8):
-``score(layer, option) = sum |G * (W - Q_option(W))|`` with ``G = dL/dW`` taken once at the float
-weights and ``Q_option`` the option's plain RTN quant-dequant (the layer states of ``tune/``). AutoRound
-runs one forward/backward per option with the quantized weights in place; here the gradient is shared by
-all options, so the pass costs one forward and one backward whatever the number of options.
+Second-order (empirical-Fisher) estimate of the damage: ``score(layer, option) = n/2 * sum_t (g_t . d_t)^2``
+over the n calibration tokens, with ``d_t = (Q_option(W) - W) x_t`` the layer's output error at token t,
+``g_t = dL/d(layer output)`` there and ``Q_option`` the option's plain RTN quant-dequant (the layer states of
+``tune/``). AutoRound's first-order ``sum |dL/dW * (W - Q(W))|`` (reference §8) under-predicts 2-bit damage.
+AutoRound runs one forward/backward per option with the quantized weights in place; here forward hooks hand
+each candidate's input and output gradient to the scorer during the one backward, so every option costs one
+extra matmul per layer, not a model pass.
 
 Streamed block by block, as the block loop is: the hidden states entering every block are kept in
 ``RowStore``s (which spill to disk past the memory budget); the causal-LM loss (labels = input_ids,
 padding excluded) is taken at the head; then, from the last block back, each block is read again, its
 forward recomputed on its saved input with gradients on, and the incoming gradient pushed through it.
-Each candidate's weight gradient is turned into its per-option scores at once and freed. Blocks run with
+Each candidate's per-option sums are complete when its block is done. Blocks run with
 ``functional_call`` on float32 copies of their tensors: no module is changed.
 """
 
@@ -221,15 +223,13 @@ class Terms:
     """Per (layer, option) sums over the calibration tokens t, with ``d_t = (Q(W) - W) x_t`` the output error of the
     option's RTN and ``g_t = dL/d(layer output)`` (L the mean loss, so ``g_t`` carries its 1/n):
 
-    - ``first``: ``sum_t g_t . d_t``, the signed first-order change of L;
-    - ``fisher``: ``sum_t (g_t . d_t)^2``; ``n/2`` times it is the empirical-Fisher quadratic term;
-    - ``diag``: ``sum_t sum_o g_to^2 d_to^2``, the same with the output channels' cross terms dropped;
-    - ``abs_grad``: ``sum |dL/dW * (Q(W) - W)|``, AutoRound's first-order score (reference §8).
+    - ``fisher``: ``sum_t (g_t . d_t)^2``; ``n/2`` times it is the empirical-Fisher quadratic term, the estimate;
+    - ``first``: ``sum_t g_t . d_t``, the signed first-order change of L on these tokens (kept out of the estimate);
+    - ``abs_grad``: ``sum |dL/dW * (Q(W) - W)|``, AutoRound's first-order score (reference §8), for comparison.
     """
 
-    first: float = 0.0
     fisher: float = 0.0
-    diag: float = 0.0
+    first: float = 0.0
     abs_grad: float = 0.0
 
 
@@ -257,7 +257,6 @@ class _Accumulate:
             t = self.terms[plan.name][name]
             t.first += float(s.sum())
             t.fisher += float((s * s).sum())
-            t.diag += float((err.square() * g.square()).sum(dtype=torch.float64))
 
     def finish(self, plan: LayerPlan, grad: torch.Tensor, weight: torch.Tensor) -> None:
         for name, d in self._delta.pop(plan.name).items():
@@ -279,8 +278,11 @@ def sensitivity_terms(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[s
 
 
 def estimate(t: Terms, n: int) -> float:
-    """The predicted loss increase of one layer under one option: first order plus the empirical-Fisher term."""
-    return t.first + 0.5 * n * t.fisher
+    """The predicted damage of one layer under one option: ``n/2 * sum_t (g_t . d_t)^2``, the second-order
+    (Fisher) change of the loss, which is also the KL divergence from the float model to second order. The first-order
+    term is left out: it is zero in expectation where the labels follow the model, it only fits the calibration
+    tokens, and with it a wider option could score worse than a narrower one."""
+    return 0.5 * n * t.fisher
 
 
 def sensitivity(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str, LayerPlan],

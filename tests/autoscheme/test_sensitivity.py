@@ -57,9 +57,9 @@ def test_ranking_follows_the_exact_loss_increase(tiny, seed):
     """A random tiny model at its initial scale predicts near-uniformly, so quantizing any layer changes its loss by
     noise. Its Linear weights are scaled x6 (peaked predictions) and the calibration rows are sampled from the model
     itself, so the loss is meaningful. Measured over seeds 0-3, Spearman vs the exact single-layer loss increase over
-    all (layer, option) pairs / among layers under W2A16G64: the estimate (first order + empirical Fisher) 0.97-0.995
-    / 0.91-0.99, AutoRound's sum |G * dW| 0.91-0.95 / 0.76-0.87; the estimate's mean over W2A16G64 layers is 1.1-1.35x
-    the exact mean (a loss, not only a ranking)."""
+    all (layer, option) pairs / among layers under W2A16G64: the estimate (empirical Fisher) 0.94-0.958 /
+    0.895-0.943, AutoRound's sum |G * dW| 0.91-0.95 / 0.76-0.87 (adding the signed first-order term ranks this same
+    sample better, 0.97-0.995, but it does not carry to other text; see ``estimate``)."""
     model = tiny("llama", seed=seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -89,12 +89,11 @@ def test_ranking_follows_the_exact_loss_increase(tiny, seed):
                 module.weight.copy_(w0)
                 est.append(estimate(terms[name][o], n))
                 first_order.append(terms[name][o].abs_grad)
-    assert _spearman(est, exact) > 0.95
+    assert _spearman(est, exact) > 0.92
     assert _spearman(est[0::3], exact[0::3]) > 0.88
-    assert _spearman(est, exact) > _spearman(first_order, exact) + 0.02
-    assert _spearman(est[0::3], exact[0::3]) > _spearman(first_order[0::3], exact[0::3]) + 0.03
-    ratio = sum(est[0::3]) / sum(exact[0::3])
-    assert 0.8 < ratio < 1.6
+    assert _spearman(est, exact) > _spearman(first_order, exact) + 0.01
+    assert _spearman(est[0::3], exact[0::3]) > _spearman(first_order[0::3], exact[0::3]) + 0.04
+    assert all(e > 0 for e in est)
     assert all(terms[l]["W2A16G64"].fisher > 100 * terms[l]["W8A16"].fisher for l in layers)
     assert sum(est[0::3]) > 100 * sum(est[2::3])
 
