@@ -2,12 +2,20 @@
 
     python benchmarks/autoscheme.py [--avg_bits 3.148] [--options W2A16G64,W4A16] [--uniform W3A16]
                                     [--iters 0] [--nsamples 16] [--seqlen 256] [--windows 16]
+                                    [--rows uniform,autoscheme] [--peer autoround]
 
-Both runs use the same method (optimised RTN with ``--iters 0``, SignRound otherwise), the same calibration
-(the bundled corpus, ``--nsamples`` x ``--seqlen``) and are evaluated on the same held-out windows against the
+Every row uses the same method (optimised RTN with ``--iters 0``, SignRound otherwise), the same calibration
+(the bundled corpus, ``--nsamples`` x ``--seqlen``) and is evaluated on the same held-out windows against the
 float model: KL divergence per token and perplexity. ``--avg_bits`` defaults to the uniform scheme's own bits
-per weight as AutoScheme counts them (W3A16: 3 + 19/128 = 3.148), so both models have the same size. The
-AutoScheme row also gives the achieved average bits (the seconds of its one sensitivity pass are in its log line).
+per weight as AutoScheme counts them (W3A16: 3 + 19/128 = 3.148), so every model has the same size. The
+AutoScheme row gives the achieved average bits and the seconds of its one sensitivity pass.
+
+``--peer autoround`` adds AutoRound's own AutoScheme (the installed ``auto-round``) at the same target, options,
+calibration size and text (signround's calibration rows of ``seqlen + 8`` tokens from the bundled corpus, decoded
+into a local JSON file that AutoRound tokenizes and cuts to ``seqlen``; its ``:concat=True`` path fails on local
+files in 0.16.1), run on the CPU: the seconds of its scheme choice (``GenScheme.get_layer_config``, timed by wrapping it in this process),
+the KL of its model quantized by AutoRound itself (``iters`` as above), and the KL of the same per-layer choice
+quantized by signround (``autoround-choice``). Average bits are signround's count over the Linear weights.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +42,84 @@ def _uniform_bits(model, scheme: str) -> float:
     return sum(layer_bits(p.scheme, p.shape) for p in layers) / sum(p.shape[0] * p.shape[1] for p in layers)
 
 
+def _mix_bits(model, choice: dict[str, str], default: str) -> float:
+    """Average bits per Linear weight of ``choice`` (layer -> option name), signround's count."""
+    from signround.autoscheme.bits import layer_bits
+    from signround.model.arch import arch_facts
+    from signround.plan import build_plan
+    from signround.schemes import resolve_scheme
+
+    plan = build_plan(model, arch_facts(model), resolve_scheme(default), layer_config=dict(choice))
+    layers = plan.quantized()
+    return sum(layer_bits(p.scheme, p.shape) for p in layers) / sum(p.shape[0] * p.shape[1] for p in layers)
+
+
+def _counts(choice: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for o in choice.values():
+        counts[o] = counts.get(o, 0) + 1
+    return counts
+
+
+def _option_of(cfg: dict, options: list[str]) -> str:
+    """The option name of one AutoRound layer entry, matched on bits, group size and data type."""
+    from signround.schemes import resolve_scheme
+
+    for name in options:
+        s = resolve_scheme(name)
+        if cfg.get("bits") == s.bits and cfg.get("group_size") == s.group_size and \
+                str(cfg.get("data_type", "int")).startswith(s.data_type):
+            return name
+    raise ValueError(f"AutoRound chose {cfg} for a layer, which is none of {options}")
+
+
+def _peer_autoround(args, float_model, tok, target: float, rows, common: dict) -> dict:
+    """AutoRound's AutoScheme at the same target: its choice's seconds and KL, and the KL of that choice in signround."""
+    from auto_round import AutoRound as AR, AutoScheme as ARScheme
+    from auto_round.auto_scheme import gen_auto_scheme
+    from common import clone, kl_vs_float
+
+    from signround import AutoRound
+    from signround.calib.dataset import get_calibration_data
+
+    options = args.options.split(",")
+    data = Path(tempfile.mkdtemp()) / "calibration.json"
+    ids = get_calibration_data(tok, nsamples=args.nsamples, seqlen=args.seqlen + 8).input_ids
+    data.write_text(json.dumps([tok.decode(r) for r in ids]))
+    timing: dict = {}
+    original = gen_auto_scheme.GenScheme.get_layer_config
+
+    def timed(self):  # this process only: the seconds of AutoRound's scheme choice, and what it chose
+        t0 = time.perf_counter()
+        out = original(self)
+        timing["seconds"], timing["choice"] = time.perf_counter() - t0, out
+        return out
+
+    gen_auto_scheme.GenScheme.get_layer_config = timed
+    try:
+        t = time.perf_counter()
+        scheme = ARScheme(avg_bits=target, options=options, nsamples=args.nsamples, seqlen=args.seqlen, device_map="cpu")
+        ar = AR(clone(float_model), tokenizer=tok, scheme=scheme, iters=args.iters, nsamples=args.nsamples,
+                seqlen=args.seqlen, device_map="cpu", dataset=str(data), enable_torch_compile=False)
+        model = ar.quantize()[0]
+        seconds = time.perf_counter() - t
+    finally:
+        gen_auto_scheme.GenScheme.get_layer_config = original
+    quantized = {n: c for n, c in timing["choice"].items() if c.get("bits", 16) < 16}
+    choice = {n: _option_of(c, options) for n, c in quantized.items()}
+    out = {"autoround": {**kl_vs_float(model.float(), float_model, rows), "seconds": round(seconds, 1),
+                         "scheme_seconds": round(timing["seconds"], 1), "avg_bits": round(_mix_bits(float_model, choice,
+                                                                                                     options[0]), 4),
+                         "layers_per_option": _counts(choice), "float_layers": sorted(set(timing["choice"]) - set(choice))}}
+    del model, ar
+    t = time.perf_counter()
+    ar = AutoRound(clone(float_model), tok, scheme=options[0], layer_config=choice, **common)
+    model, _ = ar.quantize()
+    out["autoround-choice"] = {**kl_vs_float(model, float_model, rows), "seconds": round(time.perf_counter() - t, 1),
+                               "avg_bits": out["autoround"]["avg_bits"]}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--avg_bits", type=float, default=None)
@@ -42,6 +129,8 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--windows", type=int, default=16)
+    p.add_argument("--rows", default="uniform,autoscheme", help="which of uniform,autoscheme to run")
+    p.add_argument("--peer", choices=("autoround",), default=None, help="add AutoRound's own AutoScheme")
     args = p.parse_args()
 
     from common import clone, heldout_rows, kl_vs_float, load_smollm2, machine_line
@@ -53,25 +142,33 @@ def main() -> None:
     rows = heldout_rows(tok, 512, args.windows)
     target = args.avg_bits or _uniform_bits(float_model, args.uniform)
     common = dict(iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen, show_progress=False)
-    results = {"machine": machine_line(), "target_avg_bits": round(target, 4)}
+    results = {"machine": machine_line(), "load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+               "target_avg_bits": round(target, 4), "iters": args.iters, "calibration": [args.nsamples, args.seqlen],
+               "windows": int(rows.shape[0])}
+    wanted = set(args.rows.split(","))
 
-    t = time.perf_counter()
-    ar = AutoRound(clone(float_model), tok, scheme=args.uniform, **common)
-    model, _ = ar.quantize()
-    results[args.uniform] = {**kl_vs_float(model, float_model, rows), "seconds": round(time.perf_counter() - t, 1),
-                             "avg_bits": round(_uniform_bits(float_model, args.uniform), 4)}
-    del model, ar
+    if "uniform" in wanted:
+        t = time.perf_counter()
+        ar = AutoRound(clone(float_model), tok, scheme=args.uniform, **common)
+        model, _ = ar.quantize()
+        results[args.uniform] = {**kl_vs_float(model, float_model, rows), "seconds": round(time.perf_counter() - t, 1),
+                                 "avg_bits": round(_uniform_bits(float_model, args.uniform), 4)}
+        del model, ar
 
-    t = time.perf_counter()
-    auto = AutoScheme(avg_bits=target, options=tuple(args.options.split(",")))
-    ar = AutoRound(clone(float_model), tok, scheme=auto, **common)
-    model, _ = ar.quantize()
-    record = ar.settings()["auto_scheme"]
-    counts: dict[str, int] = {}
-    for o in record["layers"].values():
-        counts[o] = counts.get(o, 0) + 1
-    results["autoscheme"] = {**kl_vs_float(model, float_model, rows), "seconds": round(time.perf_counter() - t, 1),
-                             "avg_bits": record["achieved_avg_bits"], "layers_per_option": counts}
+    if "autoscheme" in wanted:
+        t = time.perf_counter()
+        auto = AutoScheme(avg_bits=target, options=tuple(args.options.split(",")))
+        ar = AutoRound(clone(float_model), tok, scheme=auto, **common)
+        model, _ = ar.quantize()
+        record = ar.settings()["auto_scheme"]
+        results["autoscheme"] = {**kl_vs_float(model, float_model, rows), "seconds": round(time.perf_counter() - t, 1),
+                                 "sensitivity_seconds": record["sensitivity_seconds"],
+                                 "avg_bits": record["achieved_avg_bits"], "layers_per_option": _counts(record["layers"])}
+        del model, ar
+
+    if args.peer == "autoround":
+        results.update(_peer_autoround(args, float_model, tok, target, rows, common))
+    results["load_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     print(json.dumps(results, indent=1))
 
 

@@ -80,6 +80,7 @@ def choose_scheme(auto: AutoScheme, plan: QuantPlan, fmts: list[Format], build: 
     record = {**auto.to_dict(), "achieved_avg_bits": round(achieved, 6), "budget_bits": budget.bits + budget.fixed_bits,
               "total_params": budget.total_params, "option_avg_bits": {k: round(v, 6) for k, v in budget.option_avg.items()},
               "nsamples": int(input_ids.shape[0]), "seqlen": int(input_ids.shape[1]), "head_rule": choice.head_rule,
+              "sensitivity_seconds": round(seconds, 2),
               "fixed_layers": sorted(fixed), "layers": dict(choice.option)}
     return AutoSchemeChoice(layer_config, record)
 

@@ -1,16 +1,18 @@
 """Sensitivity of every candidate layer to every option, from ONE forward and backward of the LM loss.
 
-First-order estimate of the loss increase (the SignRoundV2 "fast sensitivity metric", reference §8):
-``score(layer, option) = sum |G * (W - Q_option(W))|`` with ``G = dL/dW`` taken once at the float
-weights and ``Q_option`` the option's plain RTN quant-dequant (the layer states of ``tune/``). AutoRound
-runs one forward/backward per option with the quantized weights in place; here the gradient is shared by
-all options, so the pass costs one forward and one backward whatever the number of options.
+Second-order (empirical-Fisher) estimate of the damage: ``score(layer, option) = n/2 * sum_t (g_t . d_t)^2``
+over the n calibration tokens, with ``d_t = (Q_option(W) - W) x_t`` the layer's output error at token t,
+``g_t = dL/d(layer output)`` there and ``Q_option`` the option's plain RTN quant-dequant (the layer states of
+``tune/``). AutoRound's first-order ``sum |dL/dW * (W - Q(W))|`` (reference §8) under-predicts 2-bit damage.
+AutoRound runs one forward/backward per option with the quantized weights in place; here forward hooks hand
+each candidate's input and output gradient to the scorer during the one backward, so every option costs one
+extra matmul per layer, not a model pass.
 
 Streamed block by block, as the block loop is: the hidden states entering every block are kept in
 ``RowStore``s (which spill to disk past the memory budget); the causal-LM loss (labels = input_ids,
 padding excluded) is taken at the head; then, from the last block back, each block is read again, its
 forward recomputed on its saved input with gradients on, and the incoming gradient pushed through it.
-Each candidate's weight gradient is turned into its per-option scores at once and freed. Blocks run with
+Each candidate's per-option sums are complete when its block is done. Blocks run with
 ``functional_call`` on float32 copies of their tensors: no module is changed.
 """
 
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from contextlib import contextmanager
+from typing import Mapping, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +40,43 @@ from ..tune import fp_layer, gguf_layer  # noqa: F401  (register the FP/MX and "
 from ..tune.layer import make_layer_state
 from .bits import effective_scheme
 
-__all__ = ["layer_gradients", "sensitivity", "rtn_weight"]
+__all__ = ["layer_gradients", "sensitivity", "sensitivity_terms", "rtn_weight", "Probe", "Terms"]
 
 logger = logging.getLogger(__name__)
 
-Visit = Callable[[LayerPlan, torch.Tensor, torch.Tensor], None]  # (layer, grad, float weight), module layout
+class Probe(Protocol):
+    """What the streamed backward reports, per candidate layer (weights in the module layout)."""
+
+    def start(self, plan: LayerPlan, weight: torch.Tensor) -> None:
+        """Before the backward of the layer's block (or the head): its float weight."""
+
+    def tokens(self, plan: LayerPlan, x: torch.Tensor, g: torch.Tensor) -> None:
+        """Each batch: the layer input ``x`` (tokens x in) and ``g = dL/d(layer output)`` (tokens x out)."""
+
+    def finish(self, plan: LayerPlan, grad: torch.Tensor, weight: torch.Tensor) -> None:
+        """After the backward: ``dL/dW`` and the float weight."""
+
+
+@contextmanager
+def _taps(module: torch.nn.Module, locals_: Mapping[str, LayerPlan], probe: Probe):
+    """Forward hooks (removed on exit) that hand each candidate's input and output gradient to ``probe.tokens``."""
+    handles = []
+
+    def hook(plan):
+        def fwd(_m, args, out):
+            if torch.is_grad_enabled() and out.requires_grad:
+                x = args[0].detach()
+                out.register_hook(lambda g: probe.tokens(plan, x.reshape(-1, x.shape[-1]),
+                                                         g.detach().reshape(-1, g.shape[-1])))
+        return fwd
+
+    try:
+        for loc, plan in locals_.items():
+            handles.append(module.get_submodule(loc).register_forward_hook(hook(plan)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _float_tensors(module: torch.nn.Module, device: str, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
@@ -77,10 +113,9 @@ def _capture(model, first, input_ids, batch, budget) -> RowStore:
 
 
 def layer_gradients(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str, LayerPlan], input_ids: torch.Tensor,
-                    mask: torch.Tensor | None, visit: Visit, weights: ModelWeights | None = None,
+                    mask: torch.Tensor | None, probe: Probe, weights: ModelWeights | None = None,
                     batch_size: int = 8, budget: MemoryBudget | None = None, device: str = "cpu") -> float:
-    """``visit(layer, dL/dW, W)`` for every layer of ``layers`` (blocks from last to first, the head first);
-    returns the loss. L is the mean next-token cross-entropy over the non-padding labels of all rows."""
+    """``probe`` sees every layer of ``layers`` (blocks from last to first, the head first); returns the loss. L is the mean next-token cross-entropy over the non-padding labels of all rows."""
     weights = weights or ModelWeights.in_memory(model)
     budget = budget or MemoryBudget.default(tempfile.gettempdir())
     blocks = get_module(model, arch.blocks)
@@ -108,7 +143,7 @@ def layer_gradients(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str
             stores.append(out)
             del params
             weights.drop(model, f"{prefix}.{i}")
-        loss = _head_backward(model, arch, layers, input_ids, mask, stores[-1], total, batch_size, visit, device)
+        loss = _head_backward(model, arch, layers, input_ids, mask, stores[-1], total, batch_size, probe, device)
         grad = stores.pop()  # now holds dL/d(final hidden states)
         for i in range(n - 1, -1, -1):  # backward, block by block
             weights.load(model, f"{prefix}.{i}")
@@ -117,16 +152,19 @@ def layer_gradients(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str
             params = {**_float_tensors(blocks[i], device, skip=tuple(leaves)), **leaves}
             a = args[i].to(device, torch.float32)
             inputs = stores.pop()
-            for s in range(0, n_rows, batch_size):
-                h = inputs[s:s + batch_size].to(device).requires_grad_()
-                with torch.enable_grad():
-                    y = run_block(blocks[i], h, a, params)
-                    torch.autograd.backward(y, grad[s:s + batch_size].to(device))
-                grad[s:s + batch_size] = h.grad
+            for loc, p in local.items():
+                probe.start(p, leaves[f"{loc}.weight"].detach())
+            with _taps(blocks[i], local, probe):
+                for s in range(0, n_rows, batch_size):
+                    h = inputs[s:s + batch_size].to(device).requires_grad_()
+                    with torch.enable_grad():
+                        y = run_block(blocks[i], h, a, params)
+                        torch.autograd.backward(y, grad[s:s + batch_size].to(device))
+                    grad[s:s + batch_size] = h.grad
             inputs.close()
             for loc, p in local.items():
                 leaf = leaves[f"{loc}.weight"]
-                visit(p, leaf.grad if leaf.grad is not None else torch.zeros_like(leaf), leaf.detach())
+                probe.finish(p, leaf.grad if leaf.grad is not None else torch.zeros_like(leaf), leaf.detach())
             del leaves, params
             weights.drop(model, f"{prefix}.{i}")
             release_free_memory()
@@ -138,30 +176,34 @@ def layer_gradients(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str
     return loss
 
 
-def _head_backward(model, arch, layers, input_ids, mask, hidden, total, batch_size, visit, device) -> float:
-    """Loss at the head; ``hidden`` is overwritten by dL/dhidden; the lm_head's gradient is visited if a candidate."""
+def _head_backward(model, arch, layers, input_ids, mask, hidden, total, batch_size, probe, device) -> float:
+    """Loss at the head; ``hidden`` is overwritten by dL/dhidden; the lm_head is probed if a candidate."""
     norm, head = get_module(model, arch.final_norm), get_module(model, arch.lm_head)
     norm_p = _float_tensors(norm, device)
     head_plan = layers.get(arch.lm_head)
     leaves = _leaves(head, {"": head_plan}, device) if head_plan is not None else {}
     head_p = {**_float_tensors(head, device, skip=tuple(leaves)), **leaves}
+    taps = {"": head_plan} if head_plan is not None else {}
+    for p in taps.values():
+        probe.start(p, leaves["weight"].detach())
     loss_sum = 0.0
-    for s in range(0, input_ids.shape[0], batch_size):
-        ids = input_ids[s:s + batch_size].to(device)
-        labels = ids[:, 1:].clone()
-        if mask is not None:
-            labels[~mask[s:s + batch_size, 1:].to(device)] = -100
-        h = hidden[s:s + batch_size].to(device).requires_grad_()
-        with torch.enable_grad():
-            logits = functional_call(head, head_p, (functional_call(norm, norm_p, (h,)),))[:, :-1]
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                   ignore_index=-100, reduction="sum") / total
-            loss.backward()
-        loss_sum += float(loss.detach())
-        hidden[s:s + batch_size] = h.grad
+    with _taps(head, taps, probe):
+        for s in range(0, input_ids.shape[0], batch_size):
+            ids = input_ids[s:s + batch_size].to(device)
+            labels = ids[:, 1:].clone()
+            if mask is not None:
+                labels[~mask[s:s + batch_size, 1:].to(device)] = -100
+            h = hidden[s:s + batch_size].to(device).requires_grad_()
+            with torch.enable_grad():
+                logits = functional_call(head, head_p, (functional_call(norm, norm_p, (h,)),))[:, :-1]
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                       ignore_index=-100, reduction="sum") / total
+                loss.backward()
+            loss_sum += float(loss.detach())
+            hidden[s:s + batch_size] = h.grad
     if head_plan is not None:
         leaf = leaves["weight"]
-        visit(head_plan, leaf.grad, leaf.detach())
+        probe.finish(head_plan, leaf.grad, leaf.detach())
     return loss_sum
 
 
@@ -176,18 +218,78 @@ def rtn_weight(plan: LayerPlan, scheme: QuantScheme, weight: torch.Tensor) -> to
     return w.t() if plan.conv1d else w
 
 
+@dataclass
+class Terms:
+    """Per (layer, option) sums over the calibration tokens t, with ``d_t = (Q(W) - W) x_t`` the output error of the
+    option's RTN and ``g_t = dL/d(layer output)`` (L the mean loss, so ``g_t`` carries its 1/n):
+
+    - ``fisher``: ``sum_t (g_t . d_t)^2``; ``n/2`` times it is the empirical-Fisher quadratic term, the estimate;
+    - ``first``: ``sum_t g_t . d_t``, the signed first-order change of L on these tokens (kept out of the estimate);
+    - ``abs_grad``: ``sum |dL/dW * (Q(W) - W)|``, AutoRound's first-order score (reference §8), for comparison.
+    """
+
+    fisher: float = 0.0
+    first: float = 0.0
+    abs_grad: float = 0.0
+
+
+class _Accumulate:
+    """A ``Probe`` that fills ``Terms`` for every (layer, quantized option); one matmul per option and batch."""
+
+    def __init__(self, options: Mapping[str, QuantScheme]):
+        self.options = {n: s for n, s in options.items() if s.is_quantized}
+        self.terms: dict[str, dict[str, Terms]] = {}
+        self._delta: dict[str, dict[str, torch.Tensor]] = {}
+
+    def start(self, plan: LayerPlan, weight: torch.Tensor) -> None:
+        delta = {}
+        for name, s in self.options.items():
+            d = rtn_weight(plan, s, weight) - weight.float()
+            delta[name] = d if plan.conv1d else d.t()  # (in, out): x @ delta is the output error
+        self._delta[plan.name] = delta
+        self.terms[plan.name] = {n: Terms() for n in self.options}
+
+    def tokens(self, plan: LayerPlan, x: torch.Tensor, g: torch.Tensor) -> None:
+        x, g = x.float(), g.float()
+        for name, d in self._delta[plan.name].items():
+            err = x @ d
+            s = (err * g).sum(-1, dtype=torch.float64)
+            t = self.terms[plan.name][name]
+            t.first += float(s.sum())
+            t.fisher += float((s * s).sum())
+
+    def finish(self, plan: LayerPlan, grad: torch.Tensor, weight: torch.Tensor) -> None:
+        for name, d in self._delta.pop(plan.name).items():
+            g = grad if plan.conv1d else grad.t()
+            self.terms[plan.name][name].abs_grad = float((g * d).abs().sum(dtype=torch.float64))
+
+
+def sensitivity_terms(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str, LayerPlan],
+                      options: Mapping[str, QuantScheme], input_ids: torch.Tensor, mask: torch.Tensor | None,
+                      weights: ModelWeights | None = None, batch_size: int = 8, spill_dir: "str | Path | None" = None,
+                      max_memory: int | None = None, device: str = "cpu") -> tuple[dict[str, dict[str, Terms]], int]:
+    """layer -> quantized option -> ``Terms``, and the number of loss tokens n, from one forward and backward."""
+    where = Path(spill_dir or tempfile.gettempdir())
+    budget = MemoryBudget.default(where) if max_memory is None else MemoryBudget(max_memory, where)
+    acc = _Accumulate(options)
+    layer_gradients(model, arch, layers, input_ids, mask, acc, weights, batch_size, budget, device)
+    full_mask = mask is None or bool(mask.all())
+    return acc.terms, _n_targets(input_ids, None if full_mask else mask.bool())
+
+
+def estimate(t: Terms, n: int) -> float:
+    """The predicted damage of one layer under one option: ``n/2 * sum_t (g_t . d_t)^2``, the second-order
+    (Fisher) change of the loss, which is also the KL divergence from the float model to second order. The first-order
+    term is left out: it is zero in expectation where the labels follow the model, it only fits the calibration
+    tokens, and with it a wider option could score worse than a narrower one."""
+    return 0.5 * n * t.fisher
+
+
 def sensitivity(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str, LayerPlan],
                 options: Mapping[str, QuantScheme], input_ids: torch.Tensor, mask: torch.Tensor | None,
                 weights: ModelWeights | None = None, batch_size: int = 8, spill_dir: "str | Path | None" = None,
                 max_memory: int | None = None, device: str = "cpu") -> dict[str, dict[str, float]]:
-    """layer -> option -> ``sum |dL/dW * (W - Q_option(W))|`` (0 for float options), from one pass."""
-    scores: dict[str, dict[str, float]] = {}
-
-    def visit(plan: LayerPlan, g: torch.Tensor, w: torch.Tensor) -> None:
-        scores[plan.name] = {name: float((g * (w - rtn_weight(plan, s, w))).abs().sum()) if s.is_quantized else 0.0
-                             for name, s in options.items()}
-
-    where = Path(spill_dir or tempfile.gettempdir())
-    budget = MemoryBudget.default(where) if max_memory is None else MemoryBudget(max_memory, where)
-    layer_gradients(model, arch, layers, input_ids, mask, visit, weights, batch_size, budget, device)
-    return scores
+    """layer -> option -> ``estimate`` of its loss increase (0 for float options), from one pass."""
+    terms, n = sensitivity_terms(model, arch, layers, options, input_ids, mask, weights, batch_size, spill_dir,
+                                 max_memory, device)
+    return {layer: {o: estimate(terms[layer][o], n) if o in terms[layer] else 0.0 for o in options} for layer in terms}
