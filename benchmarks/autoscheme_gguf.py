@@ -127,14 +127,9 @@ def main() -> None:
                     help=f"comma-separated AutoScheme options, repeatable (one row each) [{DEFAULT_OPTIONS}]; the "
                          f"first must name --mix (signround takes the GGUF format's mix from it)")
     ap.add_argument("--mix", default="q3_k_s", help="the uniform mix whose size the AutoScheme file matches")
-    ap.add_argument("--nsamples", type=int, default=64, help="calibration rows of the bundled corpus (both files)")
-    ap.add_argument("--seqlen", type=int, default=256)
-    ap.add_argument("--batch_size", type=int, default=4)
-    ap.add_argument("--windows", type=int, default=6, help="held-out windows evaluated")
-    ap.add_argument("--ctx", type=int, default=512, help="tokens per held-out window (llama.cpp context)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workdir", help="keep the files here [a temporary directory]")
-    ap.add_argument("--record", action="store_true", help=f"write the table into {RESULTS.name}")
+    from gguf_quality import add_run_arguments
+
+    add_run_arguments(ap)  # calibration (both files), windows, threads, workdir, record
     args = ap.parse_args()
     args.options = args.options or [DEFAULT_OPTIONS]
 

@@ -196,14 +196,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--mixes", default="q4_k_m,q3_k_s,q2_k_s")
     ap.add_argument("--iters", type=int, default=100, help="SignRound iterations per block (0: skip the tuned files)")
     ap.add_argument("--tuned-mixes", help="make SignRound files only for these mixes [all of --mixes]")
-    ap.add_argument("--nsamples", type=int, default=64, help="calibration rows of the bundled corpus")
-    ap.add_argument("--seqlen", type=int, default=256, help="tokens per calibration row")
-    ap.add_argument("--batch_size", type=int, default=4)
-    ap.add_argument("--windows", type=int, default=6, help="held-out windows evaluated")
-    ap.add_argument("--ctx", type=int, default=512, help="tokens per held-out window (llama.cpp context)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workdir", help="keep the files here [a temporary directory]")
-    ap.add_argument("--record", action="store_true", help=f"write the table into {RESULTS.name}")
+    add_run_arguments(ap)
     ap.add_argument("--no-timing", dest="timing", action="store_false",
                     help="skip the timed q4_k_m opt-RTN export (16 x 256 calibration tokens)")
     return ap.parse_args(argv)
@@ -354,6 +347,18 @@ def settings_text(b: Bench, notes: list[str]) -> str:
         f"interrupted run in --workdir are reused with their recorded seconds.\n\n" + "\n\n".join(n for n in notes if n)
     )
 
+
+
+def add_run_arguments(ap: argparse.ArgumentParser) -> None:
+    """Calibration, held-out windows, llama.cpp threads and output flags shared with autoscheme_gguf.py."""
+    ap.add_argument("--nsamples", type=int, default=64, help="calibration rows of the bundled corpus")
+    ap.add_argument("--seqlen", type=int, default=256, help="tokens per calibration row")
+    ap.add_argument("--batch_size", type=int, default=4)
+    ap.add_argument("--windows", type=int, default=6, help="held-out windows evaluated")
+    ap.add_argument("--ctx", type=int, default=512, help="tokens per held-out window (llama.cpp context)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workdir", help="keep the files here [a temporary directory]")
+    ap.add_argument("--record", action="store_true", help=f"write the table into {RESULTS.name}")
 
 def main() -> None:
     args = parse_args()
