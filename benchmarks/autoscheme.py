@@ -54,6 +54,26 @@ def _mix_bits(model, choice: dict[str, str], default: str) -> float:
     return sum(layer_bits(p.scheme, p.shape) for p in layers) / sum(p.shape[0] * p.shape[1] for p in layers)
 
 
+def _depth_split(model, options: list[str], target: float) -> dict[str, str]:
+    """The simplest non-uniform plan: the first k blocks in the widest option, the rest in the narrowest, with the
+    largest k that fits the target (the shape of AutoRound's own AutoScheme choice on SmolLM2, see RESULTS.md)."""
+    from signround.autoscheme.bits import layer_bits
+    from signround.model.arch import arch_facts
+    from signround.plan import build_plan
+    from signround.schemes import resolve_scheme
+
+    narrow, wide = sorted(options, key=lambda o: layer_bits(resolve_scheme(o), (1024, 1024)))[::len(options) - 1]
+    names = [p.name for p in build_plan(model, arch_facts(model), resolve_scheme(narrow)).quantized()]
+    blocks = sorted({int(n.split(".layers.")[1].split(".")[0]) for n in names})
+    best: dict[str, str] = {}
+    for k in range(len(blocks) + 1):
+        choice = {n: wide if int(n.split(".layers.")[1].split(".")[0]) < k else narrow for n in names}
+        if _mix_bits(model, choice, narrow) > target:
+            break
+        best = choice
+    return best
+
+
 def _counts(choice: dict[str, str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for o in choice.values():
@@ -129,7 +149,8 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--windows", type=int, default=16)
-    p.add_argument("--rows", default="uniform,autoscheme", help="which of uniform,autoscheme to run")
+    p.add_argument("--rows", default="uniform,autoscheme", help="which of uniform,autoscheme,depthsplit to run (depthsplit: the "
+                   "first blocks in the widest option, the rest in the narrowest, at the same target)")
     p.add_argument("--peer", choices=("autoround",), default=None, help="add AutoRound's own AutoScheme")
     args = p.parse_args()
 
@@ -164,6 +185,16 @@ def main() -> None:
         results["autoscheme"] = {**kl_vs_float(model, float_model, rows), "seconds": round(time.perf_counter() - t, 1),
                                  "sensitivity_seconds": record["sensitivity_seconds"],
                                  "avg_bits": record["achieved_avg_bits"], "layers_per_option": _counts(record["layers"])}
+        del model, ar
+
+    if "depthsplit" in wanted:
+        choice = _depth_split(float_model, args.options.split(","), target)
+        t = time.perf_counter()
+        ar = AutoRound(clone(float_model), tok, scheme=args.options.split(",")[0], layer_config=choice, **common)
+        model, _ = ar.quantize()
+        results["depthsplit"] = {**kl_vs_float(model, float_model, rows), "seconds": round(time.perf_counter() - t, 1),
+                                 "avg_bits": round(_mix_bits(float_model, choice, args.options.split(",")[0]), 4),
+                                 "layers_per_option": _counts(choice)}
         del model, ar
 
     if args.peer == "autoround":
