@@ -78,7 +78,8 @@ def build_quantize_parser(prog: str = "signround") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="Quantize a causal LM to low-bit weights and export it.",
         epilog="Other commands: `signround list {format,scheme,recipe}`, `signround eval --model DIR --ppl`, "
-               "`signround verify DIR`, `signround convert --model DIR --output_dir DIR`. "
+               "`signround eval --model DIR --tasks T`, `signround verify DIR`, `signround convert --model DIR "
+               "--output_dir DIR`, `signround generate --model DIR --prompt TEXT`. "
                "Exit codes: 0 done, 2 bad input (nothing written), 1 a check failed.",
     )
     _add_quantize_args(p)
