@@ -35,7 +35,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 BATCH = 4
-METHODS = {"rtn": {"iters": 0, "disable_opt_rtn": True}, "opt-rtn": {"iters": 0}, "signround": {}}
+# signround-rtn-start: SignRound from a plain-RTN start (AutoRound's own start), the like-for-like speed row
+METHODS = {"rtn": {"iters": 0, "disable_opt_rtn": True}, "opt-rtn": {"iters": 0}, "signround": {},
+           "signround-rtn-start": {"disable_opt_rtn": True}}
 
 
 def _loadavg() -> str:
