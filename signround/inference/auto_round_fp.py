@@ -5,8 +5,8 @@ Which layers are FP comes from the config: the global ``data_type`` and each lay
 entry (an exact name first, then the first regex, as for int layers). A layer the config calls FP must
 hold exactly its tensors with their shapes and dtypes; anything else is an error naming file and tensor.
 
-No CPU kernel multiplies FP4/FP8 codes directly, so the loader dequantizes these layers once at load
-(``QuantLinear``) and says so in the log. Static activation scales are read back as the calibrated
+No CPU kernel multiplies FP4/FP8 codes directly, so these layers are dequantized by their backend
+(``packed_dequant``: in each forward, codes kept packed; ``dequant``: once at load) and the log says which. Static activation scales are read back as the calibrated
 max |input|: FP8 ``input_scale * 448``, NVFP4 ``448 * 6 / input_global_scale``.
 """
 
