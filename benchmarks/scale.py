@@ -438,7 +438,7 @@ def sc_dp(ctx: Ctx) -> None:
              _cli(src, one, *args), env={"OMP_NUM_THREADS": "2"}),
         _row(ctx, "dp", "SmolLM2-135M", f"SignRound {it} iters, torchrun 2 ranks x 1 thread", calib, None, "-",
              [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "signround",
-              *_cli(src, two, *args)[2:]], env={"OMP_NUM_THREADS": "1"}),
+              *_cli(src, two, *args)[3:]], env={"OMP_NUM_THREADS": "1"}),
     ]
     if any(r["rc"] != 0 for r in rows):
         return
