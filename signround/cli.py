@@ -260,7 +260,8 @@ def _verify(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="signround verify",
                                 description="Load a checkpoint with signround and every installed third-party loader, "
                                             "run the same prompts, and compare logits (exit 1 on disagreement).")
-    p.add_argument("folder", help="an exported directory (auto_round, auto_gptq, auto_awq)")
+    p.add_argument("folder", nargs="?", help="an exported directory (auto_round, auto_gptq, auto_awq, llm_compressor)")
+    p.add_argument("--model", help="the same directory, named as eval, generate and convert name it")
     p.add_argument("--float_model", help="the float model [the source_model recorded in signround.json]")
     p.add_argument("--no_float", action="store_true", help="compare loaders only, not against the float model")
     p.add_argument("--loaders", help="comma-separated subset of: " + ", ".join(_loader_names()))
@@ -270,12 +271,14 @@ def _verify(argv: Sequence[str]) -> int:
         p.add_argument(f"--{f}", type=float, default=getattr(t, f), help=f"[{getattr(t, f)}]")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
+    if (args.folder is None) == (args.model is None):
+        p.error("give the checkpoint directory once: `signround verify DIR` or `signround verify --model DIR`")
     _setup_logging(args.quiet)
     from pathlib import Path
 
     from .verify import prompt_ids, verify_checkpoint
 
-    folder = Path(args.folder)
+    folder = Path(args.folder or args.model)
     tol = Tolerances(**{f: getattr(args, f) for f in ("loader_rel_max", "loader_kl_max", "loader_argmax_min",
                                                        "float_kl_max", "float_argmax_min")})
     from .record import recorded_float_model

@@ -42,6 +42,14 @@ def test_only_our_loader_is_not_verified(gptq_dir, only_our_loader):
     assert ("verdict: NOT VERIFIED: only signround's loader ran; unavailable: absent (not installed: "
             "no_such_module_xyz (pip install no-such-package))") in table
     assert main(["verify", str(gptq_dir), "--no_float", "-q"]) == EXIT_CHECK_FAILED
+    assert main(["verify", "--model", str(gptq_dir), "--no_float", "-q"]) == EXIT_CHECK_FAILED  # eval's spelling
+
+
+@pytest.mark.parametrize("argv", [[], ["a", "--model", "b"]])
+def test_verify_wants_the_directory_exactly_once(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["verify", *argv])
+    assert e.value.code == 2 and "give the checkpoint directory once" in capsys.readouterr().err
 
 
 def test_damaged_checkpoint_is_an_error_not_a_report(gptq_dir, only_our_loader):
