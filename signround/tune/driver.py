@@ -48,6 +48,7 @@ from .resume import BlockPart, Progress, WorkDir, load_progress, save_block
 
 if TYPE_CHECKING:
     from ..export.registry import ExportSink
+from .upcast import linears_in_float32, small_tensors_to_float32
 from .signround import BlockReport, SignRoundConfig, autocast_context as _autocast, tune_block
 
 __all__ = ["RuntimeOptions", "QuantizeResult", "quantize_model", "write_weight"]
@@ -393,6 +394,11 @@ def _restore_blocks(model: torch.nn.Module, plan: QuantPlan, progress: Progress,
         output.hand_over(list(part.weights), result)
 
 
+def _upcast_per_layer(tuning: bool, chain: _Chain, dtype: torch.dtype) -> bool:
+    """Nothing tuned and a low-precision block: its Linear weights are upcast one at a time (``upcast.py``)."""
+    return not tuning and chain.q is None and dtype != torch.float32
+
+
 def _quantize_block(i, block, block_args, plan, chain, method, start, signround, runtime, result,
                     fused_groups=(), drops: bool = False) -> dict:
     """Reference pass, layer states, tuning and the chain pass of block ``i``; returns its report fields.
@@ -406,11 +412,15 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     rows = runtime.forward_batch_size
     orig = next(block.parameters())
     orig_dtype, orig_device = orig.dtype, orig.device
-    block.to(device=device, dtype=torch.float32)
     args_i = block_args.to(device, torch.float32)
     layer_plans = plan.block_layers(i)
     prefix = f"{plan.blocks_prefix}.{i}."
     modules = {p.name[len(prefix):]: block.get_submodule(p.name[len(prefix):]) for p in layer_plans}
+    lean = _upcast_per_layer(tuning, chain, orig_dtype)
+    if lean:
+        small_tensors_to_float32(block, modules, device)
+    else:
+        block.to(device=device, dtype=torch.float32)
 
     collector, act_collector = ImatrixCollector(), ActMaxCollector()
     acts = act_schemes(layer_plans, prefix)  # layers whose inputs are quantized (local names)
@@ -418,7 +428,8 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     inputs_for_tuning = chain.q if signround.enable_quanted_input else chain.fp
     phases = _Phases()
     statics = {n: modules[n] for n in static_names(acts)}
-    with torch.no_grad(), collector.watch(modules if optimize else {}), act_collector.watch(statics):
+    with torch.no_grad(), collector.watch(modules if optimize else {}), act_collector.watch(statics), \
+            linears_in_float32(modules if lean else {}):
         _forward_rows(block, chain.fp, targets, args_i, rows, device, (collector, act_collector), chain.mask,
                       pass_autocast)
     if optimize:
@@ -428,11 +439,22 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     phases.mark("reference")
     amax = fp_layer.shared_amax({local: (p, modules[local].weight) for local, p in zip(modules, layer_plans)},
                                 fused_groups)  # NVFP4: one global scale per fused q/k/v, gate/up
-    states = [make_layer_state(p, local, modules[local].weight, collector.result(local), optimize=optimize,
-                               tensor_amax=amax.get(local))
-              for local, p in zip(modules, layer_plans)]
     result.imatrix.update({p.name: im for local, p in zip(modules, layer_plans)
                            if (im := collector.result(local)) is not None})
+
+    def state(local: str, p: LayerPlan) -> LayerQuantizer:
+        w = modules[local].weight
+        return make_layer_state(p, local, w.float() if lean else w, collector.result(local), optimize=optimize,
+                                tensor_amax=amax.get(local))
+
+    if lean:  # one layer's float32 weight at a time: made, rounded, recorded, released
+        for local, p in zip(modules, layer_plans):
+            _quantize_states([state(local, p)], modules, result, write=not drops)
+        n_states = len(layer_plans)
+        states: list[LayerQuantizer] = []
+    else:
+        states = [state(local, p) for local, p in zip(modules, layer_plans)]
+        n_states = len(states)
     phases.mark("init")
     report: BlockReport | None = None
     if tuning and states:
@@ -443,7 +465,7 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
                                 n_rows=chain.n_rows)
         phases.mark("tune")
     _quantize_states(states, modules, result, write=chain.q is not None or not drops)
-    n_layers = len(states)
+    n_layers = n_states
     states.clear()  # their frozen weights (views of the float32 block) and tunables go before the next copies
     if chain.q is not None:
         with torch.no_grad(), quantized_inputs(modules, acts, act_max):
