@@ -88,6 +88,7 @@ def _recorded(work: Path) -> bool:
     return {"block-00000.pt", "chain-00001.rank0.pt", "chain-00001.rank1.pt"} <= {p.name for p in work.iterdir()}
 
 
+@pytest.mark.slow  # four 2-rank CLI runs (about 35 s each on 2 busy cores)
 def test_killed_two_rank_run_resumes_to_the_same_bytes(tiny_model_dir, tmp_path, capsys):
     script = tmp_path / "dp_cli.py"
     script.write_text(_DP_CLI)
@@ -125,3 +126,19 @@ def test_killed_two_rank_run_resumes_to_the_same_bytes(tiny_model_dir, tmp_path,
     _run(script, tiny_model_dir, fresh)
     got, want = _digests(out), _digests(fresh)
     assert got == want and any(name.endswith(".safetensors") for name in want)
+
+
+def test_another_world_size_refuses_the_directory(tmp_path):
+    """Unit level: the fingerprint's world size is compared first, with a message saying what to do."""
+    from signround.errors import BadInputError
+    from signround.tune.resume import open_work_dir, run_fingerprint
+
+    two = run_fingerprint({"iters": 3}, {}, "tiny", None, None, world_size=2)
+    work, done = open_work_dir(tmp_path / ".out.work", two, require=False)
+    assert done == 0 and work.path.is_dir()
+    (work.path / "owner").write_text("999999999\n")  # the killed run's pid, no longer alive
+    for world in (1, 4):
+        with pytest.raises(BadInputError, match=rf"a run of 2 process\(es\), this run has {world}: .*"
+                                                r"--nproc_per_node 2"):
+            open_work_dir(tmp_path / ".out.work", run_fingerprint({"iters": 3}, {}, "tiny", None, None, world), False)
+    assert open_work_dir(tmp_path / ".out.work", two, require=False)[1] == 0
