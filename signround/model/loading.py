@@ -192,7 +192,8 @@ def open_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
     from .bin_source import BinSource, bin_files, is_streamable
     from .hub import looks_like_hub_id, resolve_hub_id
 
-    path = resolve_hub_id(source) if looks_like_hub_id(source) else Path(source)
+    from_hub = looks_like_hub_id(source)
+    path = resolve_hub_id(source) if from_hub else Path(source)
     is_gguf = path.suffix == ".gguf" and path.is_file()
     folder_ok = path.is_dir() and (path / "config.json").is_file()
     use_bin = folder_ok and not has_safetensors(path) and bool(bin_files(path))
@@ -224,6 +225,8 @@ def open_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
             read_config(path)  # a clear error for an invalid config.json
             weights = BinSource(path) if use_bin else SafetensorsSource(path)  # headers checked: truncated fail here
             config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+            if from_hub:  # a hub id: recorded as transformers records it, not as the cache path
+                config._name_or_path = source
             if torch_dtype == "auto":
                 torch_dtype = _stored_dtype(config, weights)
             model = build_skeleton(config, torch_dtype, trust_remote_code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def test_hub_id_streams_its_cached_snapshot(offline_cache, tiny_model_dir, tmp_p
     assert ar.loaded.weights.source.folder == snap and ar.loaded.source == "acme/tiny"
     (got,) = ar.quantize_and_save(tmp_path / "h")
     assert got.name.startswith("tiny-")
+    assert json.loads((got / "config.json").read_text())["_name_or_path"] == "acme/tiny"  # not the cache path
     (want,) = AutoRound(str(tiny_model_dir), iters=1, **FAST).quantize_and_save(tmp_path / "l")
     assert _digests(got) == _digests(want) and "model.safetensors" in _digests(got)
 
