@@ -2,8 +2,9 @@
 
 Zip-format files (torch >= 1.6) are opened with ``torch.load(mmap=True, weights_only=True)``: no tensor
 data is touched until a tensor is read. Each read maps the file afresh, copies the one tensor into
-memory it owns and drops the mapping, because mapped pages stay in the process RSS while the mapping
-lives (what streaming exists to avoid). The legacy non-zip format cannot be mapped: ``is_streamable``
+memory it owns (or out, in chunks) and drops the mapping, because mapped pages stay in the process RSS
+while the mapping lives (what streaming exists to avoid); only the embedding is served as a mapped view,
+of which the calibration pass touches a few rows. The legacy non-zip format cannot be mapped: ``is_streamable``
 says so and the caller loads the model whole.
 """
 
@@ -115,24 +116,31 @@ class BinSource:
     def info(self, name: str) -> TensorInfo:
         return self._info(name)
 
-    def _copy(self, name: str) -> torch.Tensor:
+    def _mapped(self, name: str) -> torch.Tensor:
+        """The tensor as a view of its file, mapped afresh; the mapping lives as long as the view."""
         info = self._info(name)
-        state = _load(Path(info.file))
-        mapped = state.get(name)
+        mapped = _load(Path(info.file)).get(name)
         if mapped is None or tuple(mapped.shape) != info.shape or mapped.dtype != info.dtype:
             raise BadInputError(f"{info.file}: tensor {name} changed since the checkpoint was opened")
-        out = torch.empty(info.shape, dtype=info.dtype)
-        out.copy_(mapped)  # the one place file pages are touched; the mapping goes with ``state``
-        del state, mapped
-        return out
+        return mapped
 
     def read(self, name: str) -> torch.Tensor:
-        t = self._copy(name)
-        _check_finite(t, self._info(name))
-        return t
+        info = self._info(name)
+        out = torch.empty(info.shape, dtype=info.dtype)
+        out.copy_(self._mapped(name))  # the file's pages are touched here and unmapped right after
+        _check_finite(out, info)
+        return out
+
+    def read_mapped(self, name: str) -> torch.Tensor:
+        """The tensor as a copy-on-write view of its file: only the pages used count in memory.
+
+        For the embedding, of which the calibration pass reads a few rows; its values were checked when the
+        model was opened (``check_finite``)."""
+        return self._mapped(name)
 
     def copy_to(self, name: str, out: BinaryIO) -> int:
-        flat = self._copy(name).reshape(-1).view(torch.uint8)
+        mapped = self._mapped(name)
+        flat = (mapped if mapped.is_contiguous() else mapped.contiguous()).reshape(-1).view(torch.uint8)
         for pos in range(0, flat.numel(), CHUNK_BYTES):
             out.write(memoryview(flat[pos:pos + CHUNK_BYTES].numpy()))
         return flat.numel()
