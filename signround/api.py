@@ -172,7 +172,8 @@ class AutoRound:
         fingerprint = run_fingerprint(self.settings(), self._plan.to_dict(), self.loaded.source, input_ids, mask,
                                       parallel.world_size)
         work = open_shared_work_dir(work_dir, fingerprint, require, parallel)
-        logger.info("checkpointing each finished block in %s", work.path)
+        if parallel.is_main:
+            logger.info("checkpointing each finished block in %s", work.path)
         return work
 
     def quantize(self, formats: "str | Iterable[str] | None" = None,
