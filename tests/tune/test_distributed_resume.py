@@ -142,3 +142,19 @@ def test_another_world_size_refuses_the_directory(tmp_path):
                                                 r"--nproc_per_node 2"):
             open_work_dir(tmp_path / ".out.work", run_fingerprint({"iters": 3}, {}, "tiny", None, None, world), False)
     assert open_work_dir(tmp_path / ".out.work", two, require=False)[1] == 0
+
+
+def test_each_rank_counts_its_own_chain_files(tmp_path):
+    """Rank 0 counts a chain file only with the block files before it; another rank only its own chain files."""
+    from signround.tune.distributed import DataParallel
+    from signround.tune.resume import _finished
+
+    for name in ("block-00000.pt", "chain-00001.rank0.pt", "chain-00002.rank0.pt", "chain-00001.rank1.pt",
+                 "chain-00003.pt"):
+        (tmp_path / name).write_bytes(b"")
+    rank0, rank1 = DataParallel(0, 2), DataParallel(1, 2)
+    assert _finished(tmp_path, rank0) == 1  # chain 2 without block-00001: block 1 not recorded
+    assert _finished(tmp_path, rank1) == 1
+    (tmp_path / "block-00001.pt").write_bytes(b"")
+    assert _finished(tmp_path, rank0) == 2 and _finished(tmp_path, rank1) == 1  # they agree on min = 1
+    assert _finished(tmp_path) == 0  # one process: chain-00003.pt lacks block-00002
