@@ -68,3 +68,14 @@ def test_unknown_hub_id_offline_fails_clearly(offline_cache, monkeypatch):
     # the request's own checks still come first: a bad option names itself, not the model
     with pytest.raises(ValueError, match="group_size"):
         AutoRound("acme/nothing", **{**FAST, "group_size": 48})
+
+
+def test_hub_id_without_safetensors_streams_its_bin_files(offline_cache, tiny_model_dir, tmp_path):
+    from signround.model.bin_source import BinSource
+    from signround.model.loading import open_model
+    from tests.model.test_bin_source import _bin_copy
+
+    snap = _cache_repo(offline_cache, "acme/tinybin", _bin_copy(tiny_model_dir, tmp_path / "bin", shards=2))
+    loaded = open_model("acme/tinybin", dtype="float32", show_progress=False)
+    assert isinstance(loaded.weights.source, BinSource) and loaded.weights.source.folder == snap
+    assert loaded.source == "acme/tinybin" and loaded.model.config._name_or_path == "acme/tinybin"
