@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 from .tune.distributed import DataParallel
 from .tune.act_inputs import act_schemes, attach_quantized_inputs, check_static_needs_data
 from .tune.driver import QuantizeResult, quantize_model
-from .tune.resume import WorkDir, open_work_dir, remove_work_dir, run_fingerprint, work_dir_for
+from .tune.resume import WorkDir, open_shared_work_dir, remove_work_dir, run_fingerprint, work_dir_for
 
 __all__ = ["AutoRound"]
 
@@ -162,16 +162,17 @@ class AutoRound:
         """The checkpoint directory of this run (``tune/resume.py``), when there is a block loop to checkpoint."""
         require = bool(self.options.get("resume"))
         why_not = ("no output directory is known (use quantize_and_save or save_quantized)" if work_dir is None
-                   else "plain RTN has no block loop" if input_ids is None
-                   else "data-parallel runs are not checkpointed" if self.run.runtime.parallel.active else None)
+                   else "plain RTN has no block loop" if input_ids is None else None)
         if why_not:
             if require:
                 raise BadInputError(f"resume: nothing can be resumed here: {why_not}")
             return None
         assert self._plan is not None
-        fingerprint = run_fingerprint(self.settings(), self._plan.to_dict(), self.loaded.source, input_ids, mask)
-        work, done = open_work_dir(work_dir, fingerprint, require)
-        if done == 0:
+        parallel = self.run.runtime.parallel
+        fingerprint = run_fingerprint(self.settings(), self._plan.to_dict(), self.loaded.source, input_ids, mask,
+                                      parallel.world_size)
+        work = open_shared_work_dir(work_dir, fingerprint, require, parallel)
+        if parallel.is_main:
             logger.info("checkpointing each finished block in %s", work.path)
         return work
 
@@ -328,6 +329,7 @@ class AutoRound:
                 self._complete(data)
                 for sink in sinks:
                     sink.finish()
+        self.run.runtime.parallel.barrier()  # every rank is done with the work directory
         if self.run.runtime.parallel.is_main:
             self._finish_work()
         self.run.runtime.parallel.barrier()

@@ -16,7 +16,7 @@ hours of quantization on a damaged model are worse than an early message.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,18 +179,31 @@ def _check_finite(source: Any, show_progress: bool) -> None:
 
 def open_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_remote_code: bool = False,
                with_tokenizer: bool = True, show_progress: bool = True) -> LoadedModel:
-    """``source`` ready to be quantized block by block: a local safetensors checkpoint is streamed, others load whole.
+    """``source`` ready to be quantized block by block: safetensors, zip-format ``.bin`` and ``.gguf`` are streamed.
+
+    A hub id is first resolved to a local snapshot (``hub.py``) and streamed from there; what cannot be
+    streamed (legacy ``.bin`` files, other layouts) loads whole.
 
     Streamed: the model is a skeleton whose parameters are read from the checkpoint per module
     (``LoadedModel.weights``); the checkpoint is checked first (config, headers, every tensor present with
     the skeleton's shape, every float finite), so a damaged file fails before calibration, naming the tensor.
     """
-    path = Path(source)
     from ..inference.checkpoint import has_safetensors, read_config
+    from .bin_source import BinSource, bin_files, is_streamable
+    from .hub import looks_like_hub_id, resolve_hub_id
 
+    from_hub = looks_like_hub_id(source)
+    path = resolve_hub_id(source) if from_hub else Path(source)
     is_gguf = path.suffix == ".gguf" and path.is_file()
-    if not is_gguf and not (path.is_dir() and (path / "config.json").is_file() and has_safetensors(path)):
-        return load_model(source, dtype, trust_remote_code, with_tokenizer)  # hub ids, .bin checkpoints: whole
+    folder_ok = path.is_dir() and (path / "config.json").is_file()
+    use_bin = folder_ok and not has_safetensors(path) and bool(bin_files(path))
+    why_whole = (None if is_gguf or (folder_ok and has_safetensors(path)) else is_streamable(path) if use_bin
+                 else "not a safetensors, .bin or .gguf checkpoint")
+    if why_whole is not None:
+        if use_bin:
+            logger.warning("%s: loading the whole model, not streaming it: %s", source, why_whole)
+        loaded = load_model(str(path) if path.exists() else source, dtype, trust_remote_code, with_tokenizer)
+        return replace(loaded, source=source, name=source_name(source))
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from .gguf_source import GGUFSource, gguf_config
@@ -210,8 +223,10 @@ def open_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
             folder = path.parent
         else:
             read_config(path)  # a clear error for an invalid config.json
-            weights = SafetensorsSource(path)  # headers checked: truncated files fail here
+            weights = BinSource(path) if use_bin else SafetensorsSource(path)  # headers checked: truncated fail here
             config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+            if from_hub:  # a hub id: recorded as transformers records it, not as the cache path
+                config._name_or_path = source
             if torch_dtype == "auto":
                 torch_dtype = _stored_dtype(config, weights)
             model = build_skeleton(config, torch_dtype, trust_remote_code)

@@ -184,6 +184,23 @@ class DataParallel:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t.cpu().float().reshape(())
 
+    def reduce_min(self, value: int) -> int:
+        """The smallest of every rank's ``value`` (the last block every rank has checkpointed)."""
+        if not self.active:
+            return value
+        t = torch.tensor([-value], dtype=torch.float64, device=self.comm_device)
+        dist = _dist()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(-t.item())
+
+    def from_main(self, value: "str | None") -> "str | None":
+        """Rank 0's ``value`` on every rank (rank 0 decides, e.g. whether a work directory may be used)."""
+        if not self.active:
+            return value
+        box = [value]
+        _dist().broadcast_object_list(box, src=0, device=torch.device(self.comm_device))
+        return box[0]
+
     def barrier(self) -> None:
         if self.active:
             _dist().barrier()

@@ -272,7 +272,7 @@ def quantize_model(
 
     ``work`` (``tune/resume.py``, opened for this very run): every finished block is checkpointed there,
     and the blocks it already holds are restored from their codes instead of being run again; the loop
-    continues from the next one with the saved inputs (single process only).
+    continues from the next one with the saved inputs (data parallel: each rank its own shard of them).
     """
     t0 = time.time()
     result = QuantizeResult(act_max={} if act_max is None else act_max)
@@ -308,21 +308,20 @@ def _block_loop(model, arch, plan, input_ids, attention_mask, signround, start, 
         dp.check_identical(attention_mask, "calibration attention masks")
     if n_rows < dp.world_size:
         raise ValueError(f"{n_rows} calibration rows cannot be split over {dp.world_size} processes")
-    if work is not None and dp.active:
-        raise ValueError("block checkpoints (work) are not supported under data parallel: each rank holds a shard")
     blocks = get_module(model, arch.blocks)
     front = outside_modules(model, plan.blocks_prefix, skip=(plan.lm_head,) if plan.lm_head else ())
     weights.load(model, front, mapped=not weights.keep)  # embeddings (and what else runs before the first block)
     block_args = capture_block_args(model, blocks, input_ids[:1])
-    progress = load_progress(work) if work is not None else Progress(0)
+    progress = load_progress(work, dp) if work is not None else Progress(0)
     cache_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     if progress.next_block:
         fp = from_tensor(progress.fp.to(cache_dtype), budget, "float inputs", device=runtime.cache_device)
         q = None if progress.q is None else from_tensor(progress.q.to(cache_dtype), budget, "quantized inputs",
                                                         device=runtime.cache_device)
         _restore_blocks(model, plan, progress, result, weights, output)
-        logger.warning("resuming from block %d of %d: %d finished block(s) restored from their codes in %s",
-                       progress.next_block + 1, plan.n_blocks, progress.next_block, work.path)
+        if dp.is_main:
+            logger.warning("resuming from block %d of %d: %d finished block(s) restored from their codes in %s",
+                           progress.next_block + 1, plan.n_blocks, progress.next_block, work.path)
     else:
         fp = _capture_inputs(model, blocks[0], dp.shard(input_ids), runtime, cache_dtype, budget)
         q = fp.clone("quantized inputs") if method.tunes and signround.enable_quanted_input else None
@@ -344,7 +343,7 @@ def _block_loop(model, arch, plan, input_ids, attention_mask, signround, start, 
             result.blocks[i] = info
             if work is not None:
                 save_block(work, i, _block_part(plan, i, result), chain.fp.tensor(),
-                           None if chain.q is None else chain.q.tensor())
+                           None if chain.q is None else chain.q.tensor(), dp)
             output.hand_over([p.name for p in plan.block_layers(i)], result)
             weights.drop(model, prefix)
             release_free_memory()

@@ -16,7 +16,13 @@ The work directory is a hidden sibling of the first output, ``<output_dir>/.<fir
 Every file is written to a temporary name in the directory and renamed, so a kill mid-write never
 leaves a file that looks complete. The tuning is a function of (codes so far, chain tensors, seed):
 each block's sampler is seeded afresh (``IndexSampler(train_idx, seed)``), so the resumed blocks are the
-uninterrupted run's bit for bit. Data parallel runs do not checkpoint (each rank holds a shard of the chain).
+uninterrupted run's bit for bit.
+
+Data parallel (N ranks sharing the directory): rank 0 owns it (fingerprint, owner, ``block-*``) and every
+rank writes its own shard of the chain, ``chain-NNNNN.rankR.pt``; a rank removes its older chain file only
+after a barrier, so every rank still holds the chain of the last block all of them finished, which they
+agree on by a reduction when resuming. The world size is part of the fingerprint: the shards are 1/N of
+the rows, so another world size refuses the directory.
 """
 
 from __future__ import annotations
@@ -38,16 +44,17 @@ import torch
 
 from ..errors import BadInputError
 from ..export.io import _pid_alive
+from .distributed import SINGLE_PROCESS, DataParallel
 
 __all__ = ["WorkDir", "BlockPart", "Progress", "run_fingerprint", "work_dir_for", "check_resumable", "open_work_dir",
-           "load_progress", "save_block", "remove_work_dir"]
+           "open_shared_work_dir", "load_progress", "save_block", "remove_work_dir"]
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "fingerprint.json"
 OWNER_FILE = "owner"  # the pid of the process using the directory: a second live run of it is refused
 _BLOCK = re.compile(r"^block-(\d{5})\.pt$")
-_CHAIN = re.compile(r"^chain-(\d{5})\.pt$")
+_CHAIN = re.compile(r"^chain-(\d{5})(?:\.rank(\d+))?\.pt$")
 # Run record fields that never change the codes: where the activations are cached, thread count, why a dtype
 # was chosen, and the library versions.
 _NOT_RESULTS_RUNTIME = ("threads", "low_gpu_mem_usage", "tune_dtype_reason", "max_memory")
@@ -91,16 +98,18 @@ def _hash_tensor(h: "hashlib._Hash", t: torch.Tensor | None) -> None:
 
 
 def run_fingerprint(record: dict[str, Any], plan: dict[str, Any], source: str, input_ids: torch.Tensor | None,
-                    attention_mask: torch.Tensor | None) -> dict[str, Any]:
-    """What fixes the results of a run, as a JSON value (two runs with equal fingerprints compute the same codes)."""
+                    attention_mask: torch.Tensor | None, world_size: int = 1) -> dict[str, Any]:
+    """What fixes the results of a run, as a JSON value (two runs with equal fingerprints compute the same codes).
+
+    ``world_size``: the data-parallel ranks, each of which checkpoints its own 1/N of the block inputs."""
     record = {k: v for k, v in record.items() if k != "versions"}
     if isinstance(record.get("runtime"), dict):
         record["runtime"] = {k: v for k, v in record["runtime"].items() if k not in _NOT_RESULTS_RUNTIME}
     h = hashlib.sha256()
     _hash_tensor(h, input_ids)
     _hash_tensor(h, attention_mask)
-    return json.loads(json.dumps({"run": record, "plan": plan, "model": source, "calibration_sha256": h.hexdigest()},
-                                 default=str))
+    return json.loads(json.dumps({"run": record, "plan": plan, "model": source, "calibration_sha256": h.hexdigest(),
+                                  "world_size": world_size}, default=str))
 
 
 def work_dir_for(first_target: "str | Path") -> Path:
@@ -136,11 +145,22 @@ def _atomic_write(path: Path, write) -> None:
             tmp.unlink()
 
 
-def _finished(path: Path) -> int:
-    """Blocks finished in ``path``: the highest chain file's number whose block files are all there (0: none)."""
-    chains = sorted((int(m.group(1)) for p in path.iterdir() if (m := _CHAIN.match(p.name))), reverse=True)
+def _chain_file(path: Path, n: int, parallel: DataParallel) -> Path:
+    return path / (f"chain-{n:05d}.rank{parallel.rank}.pt" if parallel.active else f"chain-{n:05d}.pt")
+
+
+def _own_chains(path: Path, parallel: DataParallel) -> list[int]:
+    """The numbers of this rank's chain files (a single process: the ones without a rank)."""
+    rank = str(parallel.rank) if parallel.active else None
+    return [int(m.group(1)) for p in path.iterdir() if (m := _CHAIN.match(p.name)) and m.group(2) == rank]
+
+
+def _finished(path: Path, parallel: DataParallel = SINGLE_PROCESS) -> int:
+    """Blocks finished in ``path`` by this rank: its highest chain file's number (0: none); on rank 0 (the
+    one that writes them) only when the block files before it are all there."""
     blocks = {int(m.group(1)) for p in path.iterdir() if (m := _BLOCK.match(p.name))}
-    return next((n for n in chains if all(i in blocks for i in range(n))), 0)
+    return next((n for n in sorted(_own_chains(path, parallel), reverse=True)
+                 if not parallel.is_main or all(i in blocks for i in range(n))), 0)
 
 
 def _owner(path: Path) -> int | None:
@@ -186,6 +206,12 @@ def open_work_dir(path: "str | Path", fingerprint: dict[str, Any], require: bool
         except (OSError, ValueError) as e:
             raise BadInputError(f"work directory {path}: {FINGERPRINT_FILE} is unreadable ({e}); remove the "
                                 f"directory to start afresh") from e
+        worlds = (old.get("world_size", 1) if isinstance(old, dict) else 1, fingerprint.get("world_size", 1))
+        if worlds[0] != worlds[1]:
+            raise BadInputError(f"work directory {path} holds the checkpoint of a run of {worlds[0]} process(es), this "
+                                f"run has {worlds[1]}: each process saved its own 1/{worlds[0]} of the block inputs, "
+                                f"so resume with {worlds[0]} (torchrun --nproc_per_node {worlds[0]}), or remove the "
+                                f"directory to start afresh")
         diff = _differences(old, fingerprint)
         if diff:
             raise BadInputError(f"work directory {path} holds the checkpoint of a different run ({'; '.join(diff[:4])}"
@@ -208,12 +234,31 @@ def open_work_dir(path: "str | Path", fingerprint: dict[str, Any], require: bool
     return WorkDir(path), 0
 
 
-def load_progress(work: WorkDir) -> Progress:
-    """The finished blocks' parts and the next block's inputs (``next_block`` 0: nothing finished yet)."""
-    n = _finished(work.path)
+def open_shared_work_dir(path: "str | Path", fingerprint: dict[str, Any], require: bool,
+                         parallel: DataParallel) -> WorkDir:
+    """``open_work_dir`` for every rank of a run: rank 0 opens (or refuses) the directory, the others follow it."""
+    if not parallel.active:
+        return open_work_dir(path, fingerprint, require)[0]
+    refused = None
+    if parallel.is_main:
+        try:
+            open_work_dir(path, fingerprint, require)
+        except BadInputError as e:
+            refused = str(e)
+    refused = parallel.from_main(refused)
+    if refused is not None:
+        raise BadInputError(refused)
+    return WorkDir(Path(path).absolute())
+
+
+def load_progress(work: WorkDir, parallel: DataParallel = SINGLE_PROCESS) -> Progress:
+    """The finished blocks' parts and the next block's inputs (``next_block`` 0: nothing finished yet).
+
+    Data parallel: the last block every rank finished (each rank still holds its chain file of it)."""
+    n = parallel.reduce_min(_finished(work.path, parallel))
     if n == 0:
         return Progress(0)
-    chain = torch.load(work.path / f"chain-{n:05d}.pt", map_location="cpu", weights_only=True)
+    chain = torch.load(_chain_file(work.path, n, parallel), map_location="cpu", weights_only=True)
     return Progress(n, _SavedParts([work.path / f"block-{i:05d}.pt" for i in range(n)]), chain["fp"], chain["q"])
 
 
@@ -231,14 +276,18 @@ class _SavedParts(Sequence):
         return torch.load(self.files[i], map_location="cpu", weights_only=False)
 
 
-def save_block(work: WorkDir, i: int, part: BlockPart, fp: torch.Tensor, q: torch.Tensor | None) -> None:
-    """Record block ``i`` as finished: its part, then the inputs of block i+1 (each file written atomically)."""
-    _atomic_write(work.path / f"block-{i:05d}.pt", lambda f: torch.save(part, f))
+def save_block(work: WorkDir, i: int, part: BlockPart, fp: torch.Tensor, q: torch.Tensor | None,
+               parallel: DataParallel = SINGLE_PROCESS) -> None:
+    """Record block ``i`` as finished: its part (rank 0), then this rank's inputs of block i+1 (each file written
+    atomically); the older chain file goes once every rank has written its new one."""
+    if parallel.is_main:
+        _atomic_write(work.path / f"block-{i:05d}.pt", lambda f: torch.save(part, f))
     chain = {"fp": fp.detach().cpu(), "q": None if q is None else q.detach().cpu()}
-    _atomic_write(work.path / f"chain-{i + 1:05d}.pt", lambda f: torch.save(chain, f))
-    for p in work.path.iterdir():
-        if (m := _CHAIN.match(p.name)) and int(m.group(1)) != i + 1:
-            p.unlink()
+    _atomic_write(_chain_file(work.path, i + 1, parallel), lambda f: torch.save(chain, f))
+    parallel.barrier()
+    for n in _own_chains(work.path, parallel):
+        if n != i + 1:
+            _chain_file(work.path, n, parallel).unlink(missing_ok=True)
 
 
 def remove_work_dir(work: WorkDir) -> None:
