@@ -118,14 +118,28 @@ def search_asym(wg: torch.Tensor, bits: int, w: torch.Tensor, n_grid: int = 20) 
 SEARCH_CHUNK = 1 << 21  # elements searched at once: each search holds ~8 temporaries of this size
 
 
-def search_int(wg: torch.Tensor, bits: int, sym: bool, imatrix_groups: torch.Tensor | None = None) -> IntGroupQuant:
+def search_int(wg: torch.Tensor, bits: int, sym: bool, imatrix_groups: torch.Tensor | None = None,
+               imatrix_row: torch.Tensor | None = None) -> IntGroupQuant:
     """The search for every group, a slice of groups at a time (groups are independent, so the result is the
-    same as one pass; the temporaries stay ~64 MB instead of ~8x the weight: 1.6 GB for an 8B MLP matrix)."""
+    same as one pass; the temporaries stay ~64 MB instead of ~8x the weight: 1.6 GB for an 8B MLP matrix).
+
+    The importance of each weight is ``imatrix_groups`` (one row per group, like ``wg``) or ``imatrix_row``,
+    the groups of one output row, (groups per row, gs), the same for every row: an importance matrix is
+    per input column, so it is tiled slice by slice here instead of as a full-size copy of the weight."""
+    if imatrix_groups is not None and imatrix_row is not None:
+        raise ValueError("give imatrix_groups or imatrix_row, not both")
+    if imatrix_row is not None and wg.shape[0] % imatrix_row.shape[0]:
+        raise ValueError(f"{wg.shape[0]} groups are not whole rows of {imatrix_row.shape[0]} groups")
     rows = max(1, SEARCH_CHUNK // max(1, wg.shape[1]))
     parts = []
     for i in range(0, wg.shape[0], rows):
         g = wg[i:i + rows]
-        w = importance_weights(g, None if imatrix_groups is None else imatrix_groups[i:i + rows])
+        if imatrix_row is not None:
+            per_row = imatrix_row.shape[0]
+            imat = imatrix_row[torch.arange(i, i + g.shape[0], device=imatrix_row.device) % per_row]
+        else:
+            imat = None if imatrix_groups is None else imatrix_groups[i:i + rows]
+        w = importance_weights(g, imat)
         parts.append(search_sym(g, bits, w) if sym else search_asym(g, bits, w))
     if len(parts) == 1:
         return parts[0]

@@ -198,10 +198,8 @@ def make_int_state(
     scheme = plan.scheme
     wg = to_groups(w, scheme.group_size)  # (out * n_groups, gs)
     if optimize:
-        imat_groups = None
-        if imatrix is not None:
-            imat_groups = to_groups(imatrix.float().to(w.device).expand_as(w), scheme.group_size)
-        init = search_int(wg, scheme.bits, scheme.sym, imat_groups)
+        imat_row = None if imatrix is None else to_groups(imatrix.float().to(w.device).view(1, -1), scheme.group_size)
+        init = search_int(wg, scheme.bits, scheme.sym, imatrix_row=imat_row)
     else:
         init = minmax_init(wg, scheme.bits, scheme.sym)
     return LayerState(plan=plan, local_name=local_name, wg=wg, init=init)

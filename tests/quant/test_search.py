@@ -57,3 +57,24 @@ def test_search_in_slices_equals_one_pass(monkeypatch, sym):
     sliced = search.search_int(wg, 4, sym, im)
     for name in ("s0",) if sym else ("lo0", "hi0"):
         assert torch.equal(getattr(whole, name), getattr(sliced, name)), name
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_imatrix_row_gives_the_full_size_imatrix_result(sym):
+    """The per-column importance tiled slice by slice equals the full-size copy, also across search slices
+    that end inside an output row (9 groups per row, slices of SEARCH_CHUNK // 64 groups)."""
+    from signround.quant.grouping import to_groups
+    from signround.quant.search import SEARCH_CHUNK
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(SEARCH_CHUNK // 576 * 3 + 5, 576, generator=g)
+    im = torch.rand(576, generator=g) ** 4
+    wg = to_groups(w, 64)
+    assert (SEARCH_CHUNK // 64) % 9 and wg.shape[0] > SEARCH_CHUNK // 64
+    full = search_int(wg, 3, sym, to_groups(im.expand_as(w), 64))
+    tiled = search_int(wg, 3, sym, imatrix_row=to_groups(im.view(1, -1), 64))
+    for name in ("s0", "lo0", "hi0"):
+        if getattr(full, name, None) is not None:
+            assert torch.equal(getattr(full, name), getattr(tiled, name)), name
+    with pytest.raises(ValueError, match="not whole rows"):
+        search_int(wg[:-1], 3, sym, imatrix_row=to_groups(im.view(1, -1), 64))
