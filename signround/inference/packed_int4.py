@@ -11,10 +11,11 @@ per-channel scale, and a group that does not divide ``in`` are the same scale re
 kernel groups), ``in`` a multiple of the kernel group (else padded with zero columns and the input with
 zeros) and ``out`` a multiple of 16 (zero rows, cut from the output).
 
-Memory: the kernel's (groups, out, 2) pair costs 4 bytes per kernel group and row (0.31x bf16 at group 32).
-The module keeps only bf16 scales (symmetric: zero is ``(8 - 8) * scale = 0``) plus uint8 zero points when
-asymmetric (2 or 3 bytes), and builds the pair in a temporary in each forward (benchmarks/RESULTS.md,
-"int4 scale storage": ~1% of a decode step).
+Memory: the kernel's pair costs 4 bytes per kernel group and row, 0.125 byte per weight at kernel group 32
+(0.31x bf16 in all). A symmetric layer's zero half is 0, so at kernel group 32 the module keeps only the bf16
+scales (0.28x) and builds the pair in a temporary in each forward. That costs one small op per forward
+(benchmarks/RESULTS.md, "int4 scale storage"), so larger kernel groups, where the pair is half as big or less,
+and asymmetric layers (whose zero half has to be computed) keep the kernel's pair.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import torch.nn.functional as F
 
 from ..quant.types import QuantizedWeight
 
-__all__ = ["PackedInt4Linear", "KERNEL_GROUPS", "int4_kernel_group", "pack_int4", "scale_and_zero"]
+__all__ = ["PackedInt4Linear", "KERNEL_GROUPS", "COMPACT_KERNEL_GROUP", "int4_kernel_group", "pack_int4"]
 
 KERNEL_GROUPS = (256, 128, 64, 32)  # what _weight_int4pack_mm_for_cpu accepts, largest first
 GROUP_MULTIPLE = 32  # a layer's group size must be a multiple of this (or span the whole row)
 _ROW_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu wants out % 16 == 0
+COMPACT_KERNEL_GROUP = 32  # symmetric layers at this kernel group keep scales only (the zero half is 0)
 
 
 def _ceil_to(n: int, m: int) -> int:
@@ -50,9 +52,8 @@ def int4_kernel_group(group_size: int, in_features: int) -> tuple[int, int] | No
     return group, _ceil_to(in_features, group)
 
 
-def pack_int4(qw: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, int]:
-    """(packed codes, bf16 scales (kernel groups, out), uint8 zero points or None when all are 8, kernel group,
-    padded in_features) of a 4-bit layer."""
+def pack_int4(qw: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(packed codes, scale_and_zero, kernel group, padded in_features) of a 4-bit layer."""
     if qw.bits != 4:
         raise ValueError(f"pack_int4 takes 4-bit codes, got {qw.bits}-bit")
     out_f, in_f = qw.shape
@@ -66,39 +67,28 @@ def pack_int4(qw: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     codes[:out_f, :in_f] = qw.codes.to(torch.int32)
     repeat = (padded_in if qw.scale.shape[1] == 1 else qw.group_size) // group
     kernel_groups = padded_in // group  # the last layer group may end inside the padding, or before it
-    scale = torch.zeros(padded_out, kernel_groups, dtype=torch.bfloat16)
-    scale[:out_f] = qw.scale.float().repeat_interleave(repeat, 1)[:, :kernel_groups].to(torch.bfloat16)
-    zero = None
-    if not bool((qw.zero == 8).all()):
-        zero = torch.full((padded_out, kernel_groups), 8, dtype=torch.uint8)
-        zero[:out_f] = qw.zero.to(torch.uint8).repeat_interleave(repeat, 1)[:, :kernel_groups]
-        zero = zero.t().contiguous()
+    scale = qw.scale.float().repeat_interleave(repeat, 1)[:, :kernel_groups]  # (out, kernel_groups)
+    zero = (8.0 - qw.zero.float().repeat_interleave(repeat, 1)[:, :kernel_groups]) * scale
+    pair = torch.zeros(padded_out, padded_in // group, 2)
+    pair[:out_f, :, 0], pair[:out_f, :, 1] = scale, zero
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-    return packed, scale.t().contiguous(), zero, group, padded_in
-
-
-def scale_and_zero(scales: torch.Tensor, zero_points: torch.Tensor | None) -> torch.Tensor:
-    """The kernel's (groups, out, 2) bf16 pair from stored scales and zero points: ``zero = (8 - zp) * scale``
-    (exact products of a small integer and a bf16 scale, rounded once to bf16), 0 when symmetric."""
-    if zero_points is None:
-        return F.pad(scales.unsqueeze(-1), (0, 1))
-    zero = (8 - zero_points.to(torch.int16)).to(torch.bfloat16) * scales
-    return torch.stack((scales, zero), -1)
+    return packed, pair.transpose(0, 1).contiguous().to(torch.bfloat16), group, padded_in
 
 
 class PackedInt4Linear(torch.nn.Module):
-    """A 4-bit Linear whose codes stay packed: half a byte per weight plus, per kernel group and row, a bf16
-    scale (and a uint8 zero point when asymmetric)."""
+    """A 4-bit Linear whose codes stay packed: half a byte per weight plus 4 bytes per kernel group and row (2 for
+    a symmetric layer at kernel group 32)."""
 
     def __init__(self, qw: QuantizedWeight, bias: torch.Tensor | None, dtype: torch.dtype,
                  keep_codes: bool = False) -> None:
         super().__init__()
         self.out_features, self.in_features = qw.shape
         self.bits, self.group_size, self.sym = qw.bits, qw.group_size, qw.sym
-        packed, scales, zero_points, self.kernel_group, self.padded_in = pack_int4(qw)
+        packed, pair, self.kernel_group, self.padded_in = pack_int4(qw)
         self.register_buffer("packed", packed, persistent=False)
-        self.register_buffer("scales", scales, persistent=False)  # (kernel groups, padded out) bf16
-        self.register_buffer("zero_points", zero_points, persistent=False)  # same shape, uint8; None: all 8
+        compact = self.kernel_group == COMPACT_KERNEL_GROUP and not bool(pair[..., 1].any())
+        self.register_buffer("scale_and_zero", None if compact else pair, persistent=False)  # (groups, out, 2)
+        self.register_buffer("scales", pair[..., 0].contiguous() if compact else None, persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype), persistent=False)
         self.quantized = qw if keep_codes else None
 
@@ -107,19 +97,21 @@ class PackedInt4Linear(torch.nn.Module):
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.padded_in > self.in_features:
             x2 = F.pad(x2, (0, self.padded_in - self.in_features))
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), self.packed, self.kernel_group,
-                                                       scale_and_zero(self.scales, self.zero_points))
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), self.packed, self.kernel_group, self._pair())
         y = y[:, : self.out_features].to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
 
+    def _pair(self) -> torch.Tensor:
+        """The kernel's (groups, out, 2) scale-and-zero: kept, or built from the scales with a zero half."""
+        return self.scale_and_zero if self.scales is None else F.pad(self.scales.unsqueeze(-1), (0, 1))
+
     @property
     def weight(self) -> torch.Tensor:
         """The (out, in) weight as the kernel sees it (bfloat16), for code that reads ``.weight``; computed."""
         eye = torch.eye(self.padded_in, dtype=torch.bfloat16, device=self.packed.device)
-        w_t = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.kernel_group,
-                                                         scale_and_zero(self.scales, self.zero_points))
+        w_t = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.kernel_group, self._pair())
         return w_t[: self.in_features, : self.out_features].t()
 
     def extra_repr(self) -> str:
