@@ -65,9 +65,8 @@ def _probe(folder: Path, dtype: str, backend: str) -> dict:
 
 @pytest.mark.parametrize("fmt", [Format.AUTO_ROUND, Format.LLM_COMPRESSOR])
 def test_streamed_packed_load_peaks_near_its_resident_size(fmt, tmp_path):
-    """auto_round and compressed-tensors (llm_compressor) checkpoints alike: one layer decoded at a time (a
-    compressed-tensors load that decodes every layer first peaks at ~8 bytes per weight here: the codes of all
-    layers as uint8 plus their int32 words)."""
+    """auto_round and compressed-tensors (llm_compressor) checkpoints alike: one layer decoded at a time (decoding
+    every layer first holds all layers' uint8 codes, 1 byte per weight, beside the modules: over the bound below)."""
     folder, n_weights = _checkpoint(tmp_path / "q", fmt)
     packed = _probe(folder, "bfloat16", "auto")  # int4 kernel layers
     dequant = _probe(folder, "float32", "dequant")
