@@ -65,8 +65,9 @@ def _probe(folder: Path, dtype: str, backend: str) -> dict:
 
 @pytest.mark.parametrize("fmt", [Format.AUTO_ROUND, Format.LLM_COMPRESSOR])
 def test_streamed_packed_load_peaks_near_its_resident_size(fmt, tmp_path):
-    """auto_round and compressed-tensors (llm_compressor) checkpoints alike: one layer decoded at a time (decoding
-    every layer first holds all layers' uint8 codes, 1 byte per weight, beside the modules: over the bound below)."""
+    """auto_round and compressed-tensors (llm_compressor) checkpoints alike: one layer decoded at a time.
+    compressed-tensors, 2026-12-03: streamed 88 MB peak (resident 38 MB, so +12 bytes per weight of the largest
+    layer); decoding every layer first (the reader before streaming) 176 MB (+33 bytes), caught by the bound of 20."""
     folder, n_weights = _checkpoint(tmp_path / "q", fmt)
     packed = _probe(folder, "bfloat16", "auto")  # int4 kernel layers
     dequant = _probe(folder, "float32", "dequant")
@@ -75,7 +76,7 @@ def test_streamed_packed_load_peaks_near_its_resident_size(fmt, tmp_path):
     # loading holds one layer's file tensors and codes (and the decoder's int64 temporaries, 20-28 bytes per weight
     # of the largest layer: measured 84-112 MiB over resident here, allocator-dependent) beside the modules built
     largest = 4096 * 1024
-    assert packed["peak"] < packed["resident"] + 40 * largest, packed
+    assert packed["peak"] < packed["resident"] + (20 if fmt == Format.LLM_COMPRESSOR else 40) * largest, packed
     assert packed["peak"] < dequant["resident"], (packed, dequant)  # below the float model itself
     assert packed["peak"] < 0.5 * dequant["peak"], (packed, dequant)  # measured 120-148 vs 451-555 MiB
 
