@@ -1,6 +1,11 @@
 """CPU inference of SmolLM2-135M W4A16 (RTN, group 128 and 32): packed backends vs float vs llama.cpp.
 
     python benchmarks/inference_speed.py [--threads 2] [--decode_steps 32] [--repeats 3] [--skip llama.cpp]
+    python benchmarks/inference_speed.py --float DIR --quantized DIR [--quantized DIR2] [--gguf FILE]
+
+With ``--float``/``--quantized`` the same rows run on any model (e.g. benchmarks/synthetic.py's
+Llama-3.2-1B-shaped checkpoint and its W4A16 auto_round output): float fp32/bf16 from ``--float``, each
+``--quantized`` folder packed (bf16) and dequantized (fp32), llama.cpp only for the ``--gguf`` files given.
 
 Each row runs in its own subprocess (so its load peak RSS is its own), same threads, same prompt:
 
@@ -97,6 +102,24 @@ def _transformers_loop(model, ids, steps: int) -> float:
         return time.perf_counter() - t0
 
 
+def _rows(args) -> list[tuple[str, str]]:
+    """(row label, path) for every row not skipped: SmolLM2's defaults (checkpoints made here, outside the measured
+    subprocesses), or the folders and files given."""
+    skip = [x for x in args.skip.split(",") if x]
+    if not args.quantized and not args.float:
+        groups = {"packed w4g128 (bf16)": 128, "packed w4g32 (bf16)": 32, "dequant w4g128 (fp32)": 128}
+        rows = [r for r in ROWS if not any(r.startswith(x) for x in skip)]
+        return [(r, str(_checkpoint(groups[r])) if r in groups else str(_gguf(r.split()[-1]))
+                 if r.startswith("llama.cpp") else "") for r in rows]
+    if not (args.quantized and args.float):
+        raise SystemExit("--float and --quantized go together (the float rows are the reference)")
+    rows = [("float fp32", args.float), ("float bf16", args.float)]
+    for q in args.quantized:
+        rows += [(f"packed {Path(q).name} (bf16)", q), (f"dequant {Path(q).name} (fp32)", q)]
+    rows += [(f"llama.cpp {Path(g).name}", g) for g in args.gguf]
+    return [(r, path) for r, path in rows if not any(r.startswith(x) for x in skip)]
+
+
 def _torch_row(row: str, args) -> dict:
     import torch
 
@@ -107,9 +130,8 @@ def _torch_row(row: str, args) -> dict:
     from signround.inference.load import load_quantized, model_skeleton
     from signround.testing import smollm2_hf_dir
 
-    float_dir = smollm2_hf_dir()
-    folder = {"packed w4g128 (bf16)": 128, "packed w4g32 (bf16)": 32, "dequant w4g128 (fp32)": 128}.get(row)
-    folder = _checkpoint(folder) if folder else None
+    folder = Path(args.path) if args.path else None
+    float_dir = folder if row.startswith("float") and folder else args.float or smollm2_hf_dir()
     model_skeleton(float_dir, torch.float32)  # transformers' lazy imports, outside the load peak
     open("/proc/self/clear_refs", "w").write("5")
     base = _rss("VmRSS")
@@ -122,7 +144,7 @@ def _torch_row(row: str, args) -> dict:
     peak = _rss("VmHWM") - base
     model.eval()
     resident, bf16 = _linear_bytes(model)
-    ids = torch.randint(0, 49152, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, model.config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(0))
     prefill, decode, hf = [], [], []
     for rep in range(args.repeats + 1):
         with torch.inference_mode():
@@ -141,13 +163,13 @@ def _torch_row(row: str, args) -> dict:
 def _llama_row(row: str, args) -> dict:
     import llama_cpp
 
-    path = _gguf(row.split()[-1])
+    path = Path(args.path)
     open("/proc/self/clear_refs", "w").write("5")
     base = _rss("VmRSS")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=PROMPT + args.decode_steps + 8, n_threads=args.threads,
                           n_threads_batch=args.threads, n_batch=PROMPT, verbose=False)
     peak = _rss("VmHWM") - base
-    ids = [int(i) for i in __import__("torch").randint(0, 49152, (PROMPT,),
+    ids = [int(i) for i in __import__("torch").randint(0, llm.n_vocab(), (PROMPT,),
                                                       generator=__import__("torch").Generator().manual_seed(0))]
     prefill, decode = [], []
     for rep in range(args.repeats + 1):
@@ -171,21 +193,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode_steps", type=int, default=32)
     p.add_argument("--transformers_loop", type=int, default=1, help="also time transformers' own loop [1]")
     p.add_argument("--skip", default="", help="comma-separated row prefixes to skip (e.g. llama.cpp,dequant)")
+    p.add_argument("--float", help="float checkpoint folder for the float rows [SmolLM2-135M]")
+    p.add_argument("--quantized", action="append", default=[],
+                   help="quantized checkpoint folder (repeatable): a packed and a dequant row each [SmolLM2 W4 g128/g32]")
+    p.add_argument("--gguf", action="append", default=[], help="GGUF file for a llama.cpp row (repeatable) [none "
+                   "with --quantized]")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row, print JSON
+    p.add_argument("--path", help=argparse.SUPPRESS)  # internal: the row's folder or file
     args = p.parse_args(argv)
     if args.row:
         result = (_llama_row if args.row.startswith("llama.cpp") else _torch_row)(args.row, args)
         print(json.dumps(result))
         return 0
-    for group in (128, 32):  # quantize once, outside the measured subprocesses
-        _checkpoint(group)
+    rows = _rows(args)
     load_avg = os.getloadavg()[0]
     results = {}
-    for row in ROWS:
-        if any(row.startswith(x) for x in args.skip.split(",") if x):
-            continue
-        cmd = [sys.executable, __file__, "--row", row, "--threads", str(args.threads), "--repeats", str(args.repeats),
-               "--decode_steps", str(args.decode_steps), "--transformers_loop", str(args.transformers_loop)]
+    for row, path in rows:
+        cmd = [sys.executable, __file__, "--row", row, "--path", path, "--threads", str(args.threads),
+               "--repeats", str(args.repeats), "--decode_steps", str(args.decode_steps),
+               "--transformers_loop", str(args.transformers_loop)] + (["--float", args.float] if args.float else [])
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode:
             print(f"{row}: failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)

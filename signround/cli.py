@@ -9,7 +9,7 @@
     signround eval --model out/<dir> --tasks hellaswag,my_tasks/ [--limit N] [--eval_backend hf|vllm|llamacpp]
     signround verify out/<dir> [--float_model DIR]      (every installed loader, logits compared)
     signround convert --model <GPTQ or AWQ dir> --output_dir out/   (to the auto_round format)
-    signround generate --model out/<dir> --prompt "..." [--max_new_tokens N] [--backend B]   (CPU, streamed)
+    signround generate --model out/<dir> --prompt "..." [--prompt "..."] [--max_new_tokens N] [--backend B]   (CPU)
     torchrun --nproc_per_node N -m signround --model DIR ...         (data parallel: 1/N of the rows per rank)
 """
 
@@ -320,7 +320,8 @@ def _generate(argv: Sequence[str]) -> int:
                                 description="Greedy text from a quantized (or float) checkpoint, streamed to stdout; "
                                             "the speed goes to stderr.")
     p.add_argument("--model", required=True, help="the checkpoint directory (with its tokenizer)")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, action="append",
+                   help="the prompt; given several times, the prompts decode as one left-padded batch")
     p.add_argument("--max_new_tokens", type=int, default=64, help="[64]")
     p.add_argument("--backend", choices=backend_names(), help="force one inference backend [the best per layer]")
     p.add_argument("--dtype", default="bfloat16", help="compute dtype [bfloat16: the packed int4/int8 kernels' one]")

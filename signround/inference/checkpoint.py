@@ -264,15 +264,15 @@ def read_checkpoint(folder: "str | Path", in_features: dict[str, int] | None = N
 
     ``stream``: tensors are read from their shard when used and int layers decoded when ``layers[name]``
     is read (``packed_stream.py``), so a loader building one module per layer holds one layer at a time;
-    their errors then surface at that read; auto_round FP layers too (``take_fp_layers``). Compressed-tensors
-    layers are decoded here either way."""
+    their errors then surface at that read; auto_round FP layers too (``take_fp_layers``), and
+    compressed-tensors layers (``compressed_tensors.py``)."""
     folder = Path(folder)
     config = read_config(folder)
     qc = config.get("quantization_config")
     if isinstance(qc, dict) and str(qc.get("quant_method", "")).lower() == "compressed-tensors":
         from .compressed_tensors import read_compressed_tensors  # its own reader: per-layer formats, FP results
 
-        return read_compressed_tensors(folder, config, in_features)
+        return read_compressed_tensors(folder, config, in_features, stream)
     view = parse_quant_config(config, folder)
     if stream:
         where = tensor_locations(folder)

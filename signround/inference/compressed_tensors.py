@@ -8,12 +8,19 @@ an exact target name first, then a ``re:`` regex (``re.match``), then a class ta
 ``ignore`` stays float. Strict like the other readers: a layer with quantized tensors that the config leaves
 float, a Linear the config quantizes but the files hold in float (what makes transformers produce NaN
 logits), or a tensor of the wrong shape or dtype is a ``CheckpointError`` naming the file and tensor.
+
+``stream=True`` (what ``load_quantized`` uses): tensors stay in their shards (``packed_stream.ShardTensors``)
+and each layer is decoded when the loader asks for it, so loading holds one layer's tensors and codes at a
+time as for auto_round. Configs, names and widths are still checked before anything is decoded; a layer's
+tensor dtype or shape error surfaces when that layer is read.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +31,9 @@ from ..formats.fp_packing import e8m0_decode, unpack_fp4
 from ..quant.fp_types import FPQuantized
 from ..quant.types import QuantizedWeight
 from ..schemes import QuantScheme
-from .checkpoint import QuantizedCheckpoint, read_tensors
+from .checkpoint import QuantizedCheckpoint, read_tensors, tensor_locations
 from .layouts import CheckpointError, LayerSpec, Layout, check_finite
+from .packed_stream import LazyLayers, ShardTensors
 
 __all__ = ["read_compressed_tensors", "scheme_of_group"]
 
@@ -94,7 +102,8 @@ def _match(name: str, targets: list[str], linear: bool) -> int:
 
 
 class _Reader:
-    def __init__(self, folder: Path, config: dict[str, Any], in_features: dict[str, int] | None) -> None:
+    def __init__(self, folder: Path, config: dict[str, Any], in_features: dict[str, int] | None,
+                 stream: bool = False) -> None:
         self.folder, self.config = folder, config
         self.at_config = folder / "config.json"
         self.qc = config["quantization_config"]
@@ -116,7 +125,17 @@ class _Reader:
                 raise CheckpointError(f"{self.at_config}: config group {gname}: {e}") from None
             self.groups.append((gname, list(g.get("targets") or []), scheme, fmt))
         self.ignore = list(self.qc.get("ignore") or [])
-        self.tensors, self.where = read_tensors(folder)
+        if stream:
+            self.where = tensor_locations(folder)
+            self.tensors: "dict[str, torch.Tensor] | ShardTensors" = ShardTensors(self.where)
+        else:
+            self.tensors, self.where = read_tensors(folder)
+
+    def shape_of(self, key: str) -> tuple[int, ...] | None:
+        """A tensor's shape (from the file header when streamed, nothing read), None when absent."""
+        if key not in self.tensors:
+            return None
+        return self.tensors.header(key)[0] if isinstance(self.tensors, ShardTensors) else tuple(self.tensors[key].shape)
 
     def group_of(self, name: str) -> tuple[str, list[str], QuantScheme, str] | None:
         if any(t == name or (t.startswith("re:") and re.match(t[3:], name)) for t in self.ignore):
@@ -132,7 +151,7 @@ class _Reader:
         if full not in self.tensors:
             anchor = self.where.get(f"{name}.weight_scale", str(self.folder))
             raise CheckpointError(f"{anchor}: quantized layer {name} lacks {full}")
-        t, at = self.tensors.pop(full), f"{self.where[full]}: {full}"
+        t, at = self.tensors[full], f"{self.where[full]}: {full}"  # the caller drops the layer's tensors after
         dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
         if t.dtype not in dtypes:
             raise CheckpointError(f"{at} is {t.dtype}, expected {' or '.join(map(str, dtypes))}")
@@ -144,15 +163,15 @@ class _Reader:
 
     def out_in(self, name: str, fmt: str) -> tuple[int, int]:
         key = "weight_packed" if fmt in (ct.PACK_QUANTIZED, ct.MXFP4_PACKED, ct.NVFP4_PACKED) else "weight"
-        t = self.tensors.get(f"{name}.{key}")
-        if t is None:
+        shape = self.shape_of(f"{name}.{key}")
+        if shape is None:
             raise CheckpointError(f"{self.where[name + '.weight_scale']}: quantized layer {name} ({fmt}) lacks "
                                   f"{name}.{key}")
         if fmt == ct.PACK_QUANTIZED:
             shape = self.take(name, "weight_shape", (torch.int64, torch.int32), (2,))
             out_f, in_f = (int(v) for v in shape)
         else:
-            out_f, in_f = t.shape[0], t.shape[1] * (2 if key == "weight_packed" else 1)
+            out_f, in_f = shape[0], shape[1] * (2 if key == "weight_packed" else 1)
         want = (self.linears or {}).get(name)
         if want is not None and want != in_f:
             raise CheckpointError(f"{self.where[f'{name}.{key}']}: {name} holds {in_f} input features, the model "
@@ -227,12 +246,17 @@ class _Reader:
         return ct.static_act_max(scheme, self.take(name, key, torch.float32, (1,)))
 
 
-def read_compressed_tensors(folder: Path, config: dict[str, Any],
-                            in_features: dict[str, int] | None = None) -> QuantizedCheckpoint:
-    """Decode every quantized layer of a compressed-tensors checkpoint (``in_features``: the model's Linears)."""
-    r = _Reader(folder, config, in_features)
+def read_compressed_tensors(folder: Path, config: dict[str, Any], in_features: dict[str, int] | None = None,
+                            stream: bool = False) -> QuantizedCheckpoint:
+    """Decode every quantized layer of a compressed-tensors checkpoint (``in_features``: the model's Linears);
+    ``stream``: decode each when ``layers[name]`` is read (a ``LazyLayers``)."""
+    r = _Reader(folder, config, in_features, stream)
+    source = copy.copy(r)  # streamed: decoders read from their own view of the files, beside r's shrinking one
+    if stream:
+        source.tensors = ShardTensors(r.where)
     names = sorted({k[: -len(".weight_scale")] for k in r.tensors if k.endswith(".weight_scale")})
     layers: dict[str, Any] = {}
+    decoders: dict[str, Any] = {}
     specs, act_schemes, act_max = {}, {}, {}
     fp_formats: dict[str, int] = {}
     for name in names:
@@ -241,10 +265,13 @@ def read_compressed_tensors(folder: Path, config: dict[str, Any],
             raise CheckpointError(f"{r.where[name + '.weight_scale']}: {name} has quantized tensors, but the "
                                   f"compressed-tensors config ignores it or no config group targets it")
         _, _, scheme, fmt = group
-        if scheme.data_type == "int":
-            layers[name] = r.decode_int(name, scheme, fmt)
+        decode = source.decode_int if scheme.data_type == "int" else source.decode_fp
+        if stream:
+            r.out_in(name, fmt)  # widths and the packed tensor's presence, checked before any layer is decoded
+            decoders[name] = partial(decode, name, scheme, fmt)
         else:
-            layers[name] = r.decode_fp(name, scheme, fmt)
+            layers[name] = decode(name, scheme, fmt)
+        if scheme.data_type != "int":
             fp_formats[fmt] = fp_formats.get(fmt, 0) + 1
         if scheme.quantizes_activations:
             act_schemes[name] = scheme
@@ -252,11 +279,11 @@ def read_compressed_tensors(folder: Path, config: dict[str, Any],
             if amax is not None:
                 act_max[name] = amax
         for key in ct.LAYER_TENSORS:
-            r.tensors.pop(f"{name}.{key}", None)
+            r.tensors.discard(f"{name}.{key}") if stream else r.tensors.pop(f"{name}.{key}", None)
         r.where.setdefault(f"{name}.qweight", r.where[f"{name}.weight_scale"])  # the key load.py names a layer by
         specs[name] = LayerSpec(scheme.bits, scheme.group_size, scheme.sym)
     if in_features is not None:
-        stray = [n for n in in_features if n not in layers and r.group_of(n) is not None]
+        stray = [n for n in in_features if n not in layers and n not in decoders and r.group_of(n) is not None]
         if stray:
             raise CheckpointError(f"{r.at_config}: the config quantizes {', '.join(stray[:6])} (its ignore list "
                                   f"does not name them) but the files hold them in float: compressed-tensors would "
@@ -264,5 +291,6 @@ def read_compressed_tensors(folder: Path, config: dict[str, Any],
     for fmt, n in fp_formats.items():
         logger.info("%d %s layers: no FP4/FP8 kernel on CPU, so each is dequantized by its backend (packed_dequant: "
                     "in every forward; dequant: once at load)", n, fmt)
-    return QuantizedCheckpoint(folder, config, config["quantization_config"], layers, r.tensors,
+    all_layers = LazyLayers(decoders, {}) if stream else layers
+    return QuantizedCheckpoint(folder, config, config["quantization_config"], all_layers, r.tensors,
                                Layout.COMPRESSED_TENSORS, ct.QUANT_METHOD, specs, r.where, act_schemes, act_max)

@@ -13,7 +13,9 @@ float32 for one query row (1.1-1.4 ms vs 0.2 ms per layer at 544 keys). So:
   products of bfloat16 values are exact in float32, so this is at least as precise as SDPA's bfloat16
   kernel. Longer queries (the prompt) go to transformers' SDPA unchanged, so prefill is the usual one.
 - decode steps run with oneDNN off: torch's own one-row bfloat16 matmul is ~1.7x faster (the lm_head).
-- ``greedy_decode``: the loop every benchmark row and ``signround generate`` share, so speeds compare.
+- ``greedy_decode``: the loop every benchmark row and ``signround generate`` share, so speeds compare. Several
+  prompts run as one batch, left-padded with an ``attention_mask``; positions count real tokens only
+  (as transformers' ``generate`` derives them), so each row's tokens are those of its prompt alone.
 
 The attention is added to transformers' attention registry under ``DECODE_ATTENTION`` (its public
 extension point) on first use and selected only for the duration of a ``greedy_decode`` call.
@@ -164,44 +166,73 @@ def _without_onednn() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class DecodeResult:
-    tokens: torch.Tensor  # (1, new) the generated ids
+    tokens: torch.Tensor  # (B, new) the generated ids; a row that stopped early is filled with pad ids
     prefill_s: float  # the prompt's forward and the first new token
     decode_s: float  # the remaining new tokens
 
     @property
     def decode_tokens_per_s(self) -> float:
+        """Decode steps per second (each step one new token for every row of the batch)."""
         n = self.tokens.shape[1] - 1
         return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
 
 
-def greedy_decode(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int,
-                  on_token: "Callable[[torch.Tensor], None] | None" = None,
-                  eos_token_id: "int | list[int] | None" = None, cache_dtype: "torch.dtype | None" = torch.float32) -> DecodeResult:
-    """Greedy continuation of ``ids`` (1, T): a reserved cache, ``decode_attention``, one forward per token.
-
-    ``on_token`` gets each new id as a (1, 1) tensor as soon as it is chosen; decoding stops after an
-    ``eos_token_id`` (one id or several, as in a generation config).
-    ``cache_dtype``: see ``reserved_cache`` (None: the model's dtype)."""
-    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
-        raise ValueError(f"greedy_decode takes one non-empty prompt of shape (1, T), got {tuple(ids.shape)}")
+def _check_batch(ids: torch.Tensor, attention_mask: "torch.Tensor | None", max_new_tokens: int) -> None:
+    if ids.dim() != 2 or ids.shape[1] == 0:
+        raise ValueError(f"greedy_decode takes prompts of shape (B, T) with T >= 1, got {tuple(ids.shape)}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    stop = set() if eos_token_id is None else {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+    if attention_mask is None:
+        if ids.shape[0] > 1:
+            raise ValueError(f"{ids.shape[0]} prompts need an attention_mask (left padding: 0 for pad positions)")
+        return
+    if attention_mask.shape != ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, the prompts {tuple(ids.shape)}")
+    mask = attention_mask.bool()
+    if not bool(mask[:, -1].all()) or bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ValueError("attention_mask must be left padding: each row's zeros before its ones, its last token real")
+
+
+def greedy_decode(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int,
+                  on_token: "Callable[[torch.Tensor], None] | None" = None,
+                  eos_token_id: "int | list[int] | None" = None, cache_dtype: "torch.dtype | None" = torch.float32,
+                  attention_mask: "torch.Tensor | None" = None, pad_token_id: int = 0) -> DecodeResult:
+    """Greedy continuation of ``ids`` (B, T): a reserved cache, ``decode_attention``, one forward per token.
+
+    Several prompts are left-padded with ``attention_mask`` (B, T) (1 real, 0 pad; required when B > 1).
+    ``on_token`` gets each step's new ids as a (B, 1) tensor as soon as they are chosen; a row stops after an
+    ``eos_token_id`` (one id or several, as in a generation config) and gets ``pad_token_id`` after it, as in
+    transformers' ``generate``; decoding ends when every row has stopped.
+    ``cache_dtype``: see ``reserved_cache`` (None: the model's dtype)."""
+    _check_batch(ids, attention_mask, max_new_tokens)
+    stop = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    stop_ids = torch.tensor(stop, dtype=ids.dtype)
+    mask = None if attention_mask is None else attention_mask.to(torch.long)
+    extra = {}
+    if mask is not None:  # positions of real tokens 0, 1, ...; pads get 1 (masked anyway), as generate does
+        extra = dict(attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 1))
     cache = reserved_cache(ids.shape[1] + max_new_tokens, cache_dtype)
     new: list[torch.Tensor] = []
+    done = torch.zeros(ids.shape[0], 1, dtype=torch.bool)
     with using_decode_attention(model), torch.inference_mode():
         start = time.perf_counter()
-        out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
+        out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **extra)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
         first = time.perf_counter()
         while True:
+            nxt = nxt.masked_fill(done, pad_token_id)
             new.append(nxt)
             if on_token is not None:
                 on_token(nxt)
-            if len(new) == max_new_tokens or int(nxt) in stop:
+            done = done | torch.isin(nxt, stop_ids)
+            if len(new) == max_new_tokens or bool(done.all()):
                 break
+            if mask is not None:
+                extra = dict(position_ids=extra["position_ids"][:, -1:] + 1)
+                mask = torch.cat((mask, mask.new_ones(mask.shape[0], 1)), 1)
+                extra["attention_mask"] = mask
             with _without_onednn():
-                out = model(input_ids=nxt, cache=cache, use_cache=True)
+                out = model(input_ids=nxt, cache=cache, use_cache=True, **extra)
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         end = time.perf_counter()
     return DecodeResult(torch.cat(new, 1), first - start, end - first)

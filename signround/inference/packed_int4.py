@@ -10,6 +10,12 @@ Kernel limits the module bridges: the group must be 32, 64, 128 or 256 (a larger
 per-channel scale, and a group that does not divide ``in`` are the same scale repeated over smaller
 kernel groups), ``in`` a multiple of the kernel group (else padded with zero columns and the input with
 zeros) and ``out`` a multiple of 16 (zero rows, cut from the output).
+
+Memory: the kernel's pair costs 4 bytes per kernel group and row, 0.125 byte per weight at kernel group 32
+(0.31x bf16 in all). A symmetric layer's zero half is 0, so at kernel group 32 the module keeps only the bf16
+scales (0.28x) and builds the pair in a temporary in each forward. That costs one small op per forward
+(benchmarks/RESULTS.md, "int4 scale storage"), so larger kernel groups, where the pair is half as big or less,
+and asymmetric layers (whose zero half has to be computed) keep the kernel's pair.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import torch.nn.functional as F
 
 from ..quant.types import QuantizedWeight
 
-__all__ = ["PackedInt4Linear", "KERNEL_GROUPS", "int4_kernel_group", "pack_int4"]
+__all__ = ["PackedInt4Linear", "KERNEL_GROUPS", "COMPACT_KERNEL_GROUP", "int4_kernel_group", "pack_int4"]
 
 KERNEL_GROUPS = (256, 128, 64, 32)  # what _weight_int4pack_mm_for_cpu accepts, largest first
 GROUP_MULTIPLE = 32  # a layer's group size must be a multiple of this (or span the whole row)
 _ROW_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu wants out % 16 == 0
+COMPACT_KERNEL_GROUP = 32  # symmetric layers at this kernel group keep scales only (the zero half is 0)
 
 
 def _ceil_to(n: int, m: int) -> int:
@@ -69,7 +76,8 @@ def pack_int4(qw: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor, int, int
 
 
 class PackedInt4Linear(torch.nn.Module):
-    """A 4-bit Linear whose codes stay packed (half a byte per weight plus 4 bytes per kernel group and row)."""
+    """A 4-bit Linear whose codes stay packed: half a byte per weight plus 4 bytes per kernel group and row (2 for
+    a symmetric layer at kernel group 32)."""
 
     def __init__(self, qw: QuantizedWeight, bias: torch.Tensor | None, dtype: torch.dtype,
                  keep_codes: bool = False) -> None:
@@ -78,7 +86,9 @@ class PackedInt4Linear(torch.nn.Module):
         self.bits, self.group_size, self.sym = qw.bits, qw.group_size, qw.sym
         packed, pair, self.kernel_group, self.padded_in = pack_int4(qw)
         self.register_buffer("packed", packed, persistent=False)
-        self.register_buffer("scale_and_zero", pair, persistent=False)
+        compact = self.kernel_group == COMPACT_KERNEL_GROUP and not bool(pair[..., 1].any())
+        self.register_buffer("scale_and_zero", None if compact else pair, persistent=False)  # (groups, out, 2)
+        self.register_buffer("scales", pair[..., 0].contiguous() if compact else None, persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype), persistent=False)
         self.quantized = qw if keep_codes else None
 
@@ -87,18 +97,21 @@ class PackedInt4Linear(torch.nn.Module):
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.padded_in > self.in_features:
             x2 = F.pad(x2, (0, self.padded_in - self.in_features))
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), self.packed, self.kernel_group,
-                                                       self.scale_and_zero)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), self.packed, self.kernel_group, self._pair())
         y = y[:, : self.out_features].to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
 
+    def _pair(self) -> torch.Tensor:
+        """The kernel's (groups, out, 2) scale-and-zero: kept, or built from the scales with a zero half."""
+        return self.scale_and_zero if self.scales is None else F.pad(self.scales.unsqueeze(-1), (0, 1))
+
     @property
     def weight(self) -> torch.Tensor:
         """The (out, in) weight as the kernel sees it (bfloat16), for code that reads ``.weight``; computed."""
         eye = torch.eye(self.padded_in, dtype=torch.bfloat16, device=self.packed.device)
-        w_t = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.kernel_group, self.scale_and_zero)
+        w_t = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.kernel_group, self._pair())
         return w_t[: self.in_features, : self.out_features].t()
 
     def extra_repr(self) -> str:

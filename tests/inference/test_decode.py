@@ -80,6 +80,44 @@ def test_greedy_decode_is_transformers_greedy_generate(tiny, arch):
     assert cache.get_seq_length() == 30 and cache.layers[0].keys.shape[2] == 30
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_batched_prompts_decode_as_each_alone(tiny, arch):
+    """Three prompts of 5, 9 and 12 tokens, left-padded into one batch: each row's tokens are transformers'
+    greedy ``generate`` of that prompt alone, and of the padded batch; a row that hits eos is padded after it."""
+    model = tiny(arch)
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 512, (n,), generator=g) for n in (5, 9, 12)]
+    width = max(len(p) for p in prompts)
+    ids = torch.stack([torch.cat((torch.zeros(width - len(p), dtype=torch.long), p)) for p in prompts])
+    mask = torch.stack([torch.cat((torch.zeros(width - len(p)), torch.ones(len(p)))) for p in prompts]).long()
+    result = greedy_decode(model, ids, 16, attention_mask=mask)
+    assert result.tokens.shape == (3, 16)
+    with torch.inference_mode():
+        batch_ref = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0)
+        for i, p in enumerate(prompts):
+            alone = model.generate(p[None], attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=16,
+                                   do_sample=False, pad_token_id=0)
+            assert torch.equal(result.tokens[i], alone[0, len(p):]), i
+    assert torch.equal(result.tokens, batch_ref[:, width:])
+    assert len({tuple(r.tolist()) for r in result.tokens}) == 3  # the rows really differ
+
+    eos = int(result.tokens[1, 3])  # row 1's 4th token as eos: row 1 stops there (others may too, earlier or later)
+    stopped = greedy_decode(model, ids, 16, attention_mask=mask, eos_token_id=eos, pad_token_id=7)
+    with torch.inference_mode():
+        ref = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=7,
+                             eos_token_id=eos)
+    got = stopped.tokens
+    assert torch.equal(got, ref[:, width: width + got.shape[1]])
+    k = int((result.tokens[1] == eos).nonzero()[0])  # row 1 stops at eos's first occurrence, padded after it
+    assert torch.equal(got[1, : k + 1], result.tokens[1, : k + 1]) and bool((got[1, k + 1:] == 7).all())
+    assert got.shape[1] > k + 1  # another row went on, so the padding was exercised
+
+    with pytest.raises(ValueError, match="need an attention_mask"):
+        greedy_decode(model, ids, 4)
+    with pytest.raises(ValueError, match="left padding"):
+        greedy_decode(model, ids, 4, attention_mask=mask.flip(1))
+
+
 def test_bfloat16_decode_keeps_the_models_logits(tiny):
     """bf16 model: the float32 cache holds the bf16 keys exactly, so one decode step's logits are SDPA's to
     within bf16 rounding of the attention output (measured 1e-3 of max |logit| on this model)."""

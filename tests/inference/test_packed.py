@@ -68,11 +68,25 @@ def test_kernel_matches_dequantized_matmul(bits, cls, out_f, in_f, group, sym):
         assert _rel(sym_ref, ref) > 0.1
 
 
-def test_int4_memory_is_half_a_byte_per_weight():
-    layer = PackedInt4Linear(_qw(4, 64, 512, 128, False), None, torch.bfloat16)
+@pytest.mark.parametrize("group,sym,scale_bytes", [(128, True, 4), (128, False, 4), (32, True, 2), (32, False, 4)])
+def test_int4_memory_is_half_a_byte_per_weight(group, sym, scale_bytes):
+    """Codes two per byte; per kernel group and row the kernel's bf16 scale and zero, or only the scale for a
+    symmetric layer at kernel group 32 (its zero half, 0, is built per forward)."""
+    layer = PackedInt4Linear(_qw(4, 64, 512, group, sym), None, torch.bfloat16)
     assert layer.packed.numel() * layer.packed.element_size() == 64 * 512 // 2
-    assert layer.scale_and_zero.numel() * 2 == 64 * (512 // 128) * 2 * 2  # scale and zero, bf16, per group and row
+    kept = [t for t in (layer.scale_and_zero, layer.scales) if t is not None]
+    assert len(kept) == 1 and kept[0].numel() * kept[0].element_size() == 64 * (512 // group) * scale_bytes
     assert not any(t.is_floating_point() and t.numel() >= 64 * 512 for t in layer.buffers())
+
+
+def test_int4_group32_sym_memory_under_three_tenths_of_bf16():
+    """SmolLM2's 576 x 1536 at group 32, symmetric: 0.5 byte per weight + 2 bytes per 32 weights = 0.281x bf16 (the
+    kernel's pair kept whole, as asymmetric layers do: 0.3125x)."""
+    ratio = {}
+    for sym in (True, False):
+        layer = PackedInt4Linear(_qw(4, 1536, 576, 32, sym), None, torch.bfloat16)
+        ratio[sym] = sum(t.numel() * t.element_size() for t in layer.buffers() if t is not None) / (1536 * 576 * 2)
+    assert ratio[True] == pytest.approx(0.28125) and ratio[False] == pytest.approx(0.3125)
 
 
 @pytest.mark.parametrize("group,in_f,kernel_group,padded", [(128, 576, 64, 576), (128, 512, 128, 512),
@@ -83,7 +97,7 @@ def test_int4_kernel_group_avoids_padding(group, in_f, kernel_group, padded):
     layers at group 128: kernel group 64, no padded input), and pads the least when no kernel group divides it."""
     layer = PackedInt4Linear(_qw(4, 16, in_f, group, False), None, torch.bfloat16)
     assert (layer.kernel_group, layer.padded_in) == (kernel_group, padded)
-    assert layer.scale_and_zero.shape == (padded // kernel_group, 16, 2)
+    assert layer._pair().shape == (padded // kernel_group, 16, 2)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
