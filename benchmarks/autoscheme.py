@@ -1,14 +1,15 @@
 """AutoScheme on SmolLM2-135M: a mix of {W2A16G64, W4A16} at the size of uniform W3A16, against W3A16 itself.
 
     python benchmarks/autoscheme.py [--avg_bits 3.148] [--options W2A16G64,W4A16] [--uniform W3A16]
-                                    [--iters 0] [--nsamples 16] [--seqlen 256] [--windows 16]
+                                    [--iters 0] [--nsamples 16] [--seqlen 256] [--windows 16] [--rounds 1]
                                     [--rows uniform,autoscheme] [--peer autoround]
 
 Every row uses the same method (optimised RTN with ``--iters 0``, SignRound otherwise), the same calibration
 (the bundled corpus, ``--nsamples`` x ``--seqlen``) and is evaluated on the same held-out windows against the
 float model: KL divergence per token and perplexity. ``--avg_bits`` defaults to the uniform scheme's own bits
 per weight as AutoScheme counts them (W3A16: 3 + 19/128 = 3.148), so every model has the same size. The
-AutoScheme row gives the achieved average bits and the seconds of its one sensitivity pass.
+AutoScheme row gives the achieved average bits and the seconds of its sensitivity pass(es); ``--rounds N`` runs
+AutoScheme with N rounds (each after the first re-scores with the previous choice quantized in place).
 
 ``--peer autoround`` adds AutoRound's own AutoScheme (the installed ``auto-round``) at the same target, options,
 calibration size and text (signround's calibration rows of ``seqlen + 8`` tokens from the bundled corpus, decoded
@@ -149,6 +150,7 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--windows", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=1, help="AutoScheme rounds (re-linearization)")
     p.add_argument("--rows", default="uniform,autoscheme", help="which of uniform,autoscheme,depthsplit to run (depthsplit: the "
                    "first blocks in the widest option, the rest in the narrowest, at the same target)")
     p.add_argument("--peer", choices=("autoround",), default=None, help="add AutoRound's own AutoScheme")
@@ -178,13 +180,14 @@ def main() -> None:
 
     if "autoscheme" in wanted:
         t = time.perf_counter()
-        auto = AutoScheme(avg_bits=target, options=tuple(args.options.split(",")))
+        auto = AutoScheme(avg_bits=target, options=tuple(args.options.split(",")), rounds=args.rounds)
         ar = AutoRound(clone(float_model), tok, scheme=auto, **common)
         model, _ = ar.quantize()
         record = ar.settings()["auto_scheme"]
         results["autoscheme"] = {**kl_vs_float(model, float_model, rows), "seconds": round(time.perf_counter() - t, 1),
                                  "sensitivity_seconds": record["sensitivity_seconds"],
-                                 "avg_bits": record["achieved_avg_bits"], "layers_per_option": _counts(record["layers"])}
+                                 "avg_bits": record["achieved_avg_bits"], "layers_per_option": _counts(record["layers"]),
+                                 "rounds": args.rounds}
         del model, ar
 
     if "depthsplit" in wanted:
