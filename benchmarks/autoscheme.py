@@ -1,7 +1,7 @@
 """AutoScheme on SmolLM2-135M: a mix of {W2A16G64, W4A16} at the size of uniform W3A16, against W3A16 itself.
 
     python benchmarks/autoscheme.py [--avg_bits 3.148] [--options W2A16G64,W4A16] [--uniform W3A16]
-                                    [--iters 0] [--nsamples 16] [--seqlen 256] [--windows 16] [--rounds 1]
+                                    [--iters 0] [--nsamples 16] [--seqlen 256] [--windows 16] [--rounds 2]
                                     [--rows uniform,autoscheme] [--peer autoround]
 
 Every row uses the same method (optimised RTN with ``--iters 0``, SignRound otherwise), the same calibration
@@ -198,7 +198,7 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--windows", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=1, help="AutoScheme rounds (re-linearization)")
+    p.add_argument("--rounds", type=int, default=2, help="AutoScheme rounds (re-linearization)")
     p.add_argument("--rows", default="uniform,autoscheme", help="which of uniform,autoscheme,depthsplit,rtnrounds to run "
                    "(depthsplit: the first blocks in the widest option, the rest in the narrowest, at the same target; "
                    "rtnrounds: the plain-RTN proxy of uniform and of AutoScheme after each of --rounds rounds)")
