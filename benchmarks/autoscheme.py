@@ -1,14 +1,15 @@
 """AutoScheme on SmolLM2-135M: a mix of {W2A16G64, W4A16} at the size of uniform W3A16, against W3A16 itself.
 
     python benchmarks/autoscheme.py [--avg_bits 3.148] [--options W2A16G64,W4A16] [--uniform W3A16]
-                                    [--iters 0] [--nsamples 16] [--seqlen 256] [--windows 16]
+                                    [--iters 0] [--nsamples 16] [--seqlen 256] [--windows 16] [--rounds 2]
                                     [--rows uniform,autoscheme] [--peer autoround]
 
 Every row uses the same method (optimised RTN with ``--iters 0``, SignRound otherwise), the same calibration
 (the bundled corpus, ``--nsamples`` x ``--seqlen``) and is evaluated on the same held-out windows against the
 float model: KL divergence per token and perplexity. ``--avg_bits`` defaults to the uniform scheme's own bits
 per weight as AutoScheme counts them (W3A16: 3 + 19/128 = 3.148), so every model has the same size. The
-AutoScheme row gives the achieved average bits and the seconds of its one sensitivity pass.
+AutoScheme row gives the achieved average bits and the seconds of its sensitivity pass(es); ``--rounds N`` runs
+AutoScheme with N rounds (each after the first re-scores with the previous choice quantized in place).
 
 ``--peer autoround`` adds AutoRound's own AutoScheme (the installed ``auto-round``) at the same target, options,
 calibration size and text (signround's calibration rows of ``seqlen + 8`` tokens from the bundled corpus, decoded
@@ -72,6 +73,54 @@ def _depth_split(model, options: list[str], target: float) -> dict[str, str]:
             break
         best = choice
     return best
+
+
+def _rtn_rounds(model, tok, options: list[str], uniform: str, target: float, rows, nsamples: int, seqlen: int,
+                rounds: int) -> dict:
+    """The quick proxy: plain RTN weights put in place (no optimised RTN, no tuning) for uniform ``uniform`` and for
+    AutoScheme's choice after each of ``rounds`` sensitivity rounds; KL on the held-out ``rows`` and on the
+    calibration rows (the only data the choice sees)."""
+    import copy
+
+    import torch
+    from common import kl_vs_float
+
+    from signround.autoscheme.allocate import check_budget, choose
+    from signround.autoscheme.bits import effective_scheme
+    from signround.autoscheme.config import resolve_options
+    from signround.autoscheme.sensitivity import rtn_weight, sensitivity
+    from signround.autoscheme.units import build_units
+    from signround.calib.dataset import get_calibration_data
+    from signround.model.arch import arch_facts
+    from signround.plan import build_plan
+    from signround.schemes import resolve_scheme
+
+    arch, opts = arch_facts(model), resolve_options(options)
+    plan = build_plan(model, arch, resolve_scheme(options[0]))
+    cands = {p.name: p for p in plan.quantized()}
+    shapes = {n: p.shape for n, p in cands.items()}
+    budget = check_budget(target, opts, shapes, {})
+    units = build_units(list(cands), plan.blocks_prefix, arch.fused_groups, ())
+    ids = get_calibration_data(tok, nsamples=nsamples, seqlen=seqlen).input_ids
+    work = copy.deepcopy(model)
+
+    def kl(cfg) -> dict:
+        with torch.no_grad():
+            for n, sch in cfg.items():
+                work.get_submodule(n).weight.copy_(rtn_weight(cands[n], sch, model.get_submodule(n).weight))
+        return {"kl": round(kl_vs_float(work, model, rows)["kl"], 4), "kl_calibration": round(kl_vs_float(work, model, ids)["kl"], 4)}
+
+    out = {f"rtn {uniform}": kl({n: resolve_scheme(uniform) for n in cands})}
+    current = None
+    for r in range(rounds):
+        t = time.perf_counter()
+        scores = sensitivity(model, arch, cands, opts, ids, None, current=current)
+        choice = choose(units, shapes, opts, scores, budget)
+        current = {n: effective_scheme(opts[o], shapes[n]) for n, o in choice.option.items()}
+        out[f"rtn autoscheme round {r + 1}"] = {**kl(current), "sensitivity_seconds": round(time.perf_counter() - t, 1),
+                                                "avg_bits": round(choice.bits / budget.total_params, 4),
+                                                "layers_per_option": _counts(choice.option)}
+    return out
 
 
 def _counts(choice: dict[str, str]) -> dict[str, int]:
@@ -149,8 +198,10 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--windows", type=int, default=16)
-    p.add_argument("--rows", default="uniform,autoscheme", help="which of uniform,autoscheme,depthsplit to run (depthsplit: the "
-                   "first blocks in the widest option, the rest in the narrowest, at the same target)")
+    p.add_argument("--rounds", type=int, default=2, help="AutoScheme rounds (re-linearization)")
+    p.add_argument("--rows", default="uniform,autoscheme", help="which of uniform,autoscheme,depthsplit,rtnrounds to run "
+                   "(depthsplit: the first blocks in the widest option, the rest in the narrowest, at the same target; "
+                   "rtnrounds: the plain-RTN proxy of uniform and of AutoScheme after each of --rounds rounds)")
     p.add_argument("--peer", choices=("autoround",), default=None, help="add AutoRound's own AutoScheme")
     args = p.parse_args()
 
@@ -178,13 +229,14 @@ def main() -> None:
 
     if "autoscheme" in wanted:
         t = time.perf_counter()
-        auto = AutoScheme(avg_bits=target, options=tuple(args.options.split(",")))
+        auto = AutoScheme(avg_bits=target, options=tuple(args.options.split(",")), rounds=args.rounds)
         ar = AutoRound(clone(float_model), tok, scheme=auto, **common)
         model, _ = ar.quantize()
         record = ar.settings()["auto_scheme"]
         results["autoscheme"] = {**kl_vs_float(model, float_model, rows), "seconds": round(time.perf_counter() - t, 1),
                                  "sensitivity_seconds": record["sensitivity_seconds"],
-                                 "avg_bits": record["achieved_avg_bits"], "layers_per_option": _counts(record["layers"])}
+                                 "avg_bits": record["achieved_avg_bits"], "layers_per_option": _counts(record["layers"]),
+                                 "rounds": args.rounds}
         del model, ar
 
     if "depthsplit" in wanted:
@@ -196,6 +248,10 @@ def main() -> None:
                                  "avg_bits": round(_mix_bits(float_model, choice, args.options.split(",")[0]), 4),
                                  "layers_per_option": _counts(choice)}
         del model, ar
+
+    if "rtnrounds" in wanted:
+        results.update(_rtn_rounds(float_model, tok, args.options.split(","), args.uniform, target, rows, args.nsamples,
+                                   args.seqlen, args.rounds))
 
     if args.peer == "autoround":
         results.update(_peer_autoround(args, float_model, tok, target, rows, common))

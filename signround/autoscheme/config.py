@@ -67,7 +67,9 @@ class AutoScheme:
 
     Passed as ``AutoRound(model, scheme=AutoScheme(...))``; the plan it picks becomes a ``layer_config`` and
     the chosen method (RTN, optimised RTN, SignRound) runs on it. ``nsamples``/``seqlen`` size the one
-    sensitivity pass (default: the run's calibration size).
+    sensitivity pass (default: the run's calibration size). ``rounds`` > 1 re-linearizes: each further
+    round runs the sensitivity pass again with the previous round's choice quantized in place (RTN) and
+    solves again, so the scores see what the 2-bit layers do to the layers after them (one pass per round).
     """
 
     avg_bits: float
@@ -76,6 +78,7 @@ class AutoScheme:
     ignore_scale_zp_bits: bool = False
     nsamples: int | None = None
     seqlen: int | None = None
+    rounds: int = 2  # measured on SmolLM2 (benchmarks/RESULTS.md): a 2nd round lowered the mix's KL, a 3rd did not
 
     def __post_init__(self) -> None:
         if isinstance(self.avg_bits, bool) or not isinstance(self.avg_bits, (int, float)) \
@@ -90,6 +93,8 @@ class AutoScheme:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "nsamples" else 2)):
                 raise BadInputError(f"AutoScheme {name} must be an integer >= {1 if name == 'nsamples' else 2}, got {v!r}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise BadInputError(f"AutoScheme rounds must be an integer >= 1, got {self.rounds!r}")
         resolve_options(self.options)  # unknown or mixed presets fail here
 
     @property
@@ -98,16 +103,18 @@ class AutoScheme:
 
     def to_dict(self) -> dict[str, Any]:
         return {"avg_bits": self.avg_bits, "options": list(self.schemes), "shared_layers": [list(g) for g in self.shared_layers],
-                "ignore_scale_zp_bits": self.ignore_scale_zp_bits}
+                "ignore_scale_zp_bits": self.ignore_scale_zp_bits, "rounds": self.rounds}
 
 
-_CLI_FIELDS = ("avg_bits", "options", "shared_layers", "ignore_scale_zp_bits")
+_CLI_FIELDS = ("avg_bits", "options", "shared_layers", "ignore_scale_zp_bits", "autoscheme_rounds")
 
 
 def auto_scheme_from(scheme: Any, opts: Any) -> "AutoScheme | None":
     """The run's AutoScheme: ``scheme`` itself, or one made of the options ``avg_bits``/``options``/... (the CLI's);
     None when neither asks for one. ``avg_bits`` and ``options`` go together (checked before the model loads)."""
     given = {k: opts.get(k) for k in _CLI_FIELDS if opts.is_given(k)}
+    if "autoscheme_rounds" in given:
+        given["rounds"] = given.pop("autoscheme_rounds")
     if isinstance(scheme, AutoScheme):
         if given:
             raise BadInputError(f"scheme is an AutoScheme: pass {', '.join(given)} to it, not as separate options")

@@ -1,4 +1,4 @@
-"""AutoScheme in a run: check the options and the budget, one sensitivity pass, the knapsack, a layer_config.
+"""AutoScheme in a run: check the options and the budget, sensitivity pass(es), the knapsack, a layer_config.
 
 Called by ``AutoRound`` once the formats are known and before any block is quantized. Everything that
 needs no data is checked first (each option against every requested format, the target against what
@@ -63,14 +63,22 @@ def choose_scheme(auto: AutoScheme, plan: QuantPlan, fmts: list[Format], build: 
     nsamples = auto.nsamples or rows[0] or DEFAULT_ROWS[0]
     seqlen = auto.seqlen or rows[1] or DEFAULT_ROWS[1]
     input_ids, mask = calibration(nsamples, seqlen)
-    t0 = time.time()
-    scores = sensitivity(model, arch, cands, options, input_ids, mask, replace(weights, keep=False),
-                         runtime.forward_batch_size, max_memory=runtime.max_memory, device=runtime.device)
-    seconds = time.time() - t0
     fuses = not fmts or any(FORMATS[f].fuses_qkv for f in fmts)  # no format yet (quantize()): any may follow
     units = build_units(list(cands), plan.blocks_prefix, arch.fused_groups if fuses else (), auto.shared_layers)
     head = plan.lm_head if plan.lm_head in cands else None
-    choice = choose(units, shapes, options, scores, budget, head, auto.ignore_scale_zp_bits)
+    t0 = time.time()
+    current, history = None, []
+    for r in range(auto.rounds):  # round > 1: re-linearize at the previous choice, quantized in place
+        scores = sensitivity(model, arch, cands, options, input_ids, mask, replace(weights, keep=False),
+                             runtime.forward_batch_size, max_memory=runtime.max_memory, device=runtime.device,
+                             current=current)
+        choice = choose(units, shapes, options, scores, budget, head, auto.ignore_scale_zp_bits)
+        moved = 0 if current is None else sum(history[-1][n] != o for n, o in choice.option.items())
+        logger.info("AutoScheme round %d/%d: estimated loss %.4g, %d layers changed option", r + 1, auto.rounds,
+                    choice.loss, moved)
+        history.append(dict(choice.option))
+        current = {n: effective_scheme(options[o], shapes[n]) for n, o in choice.option.items()}
+    seconds = time.time() - t0
     achieved = (budget.fixed_bits + choice.bits) / budget.total_params
     layer_config = {n: effective_scheme(options[o], shapes[n]) for n, o in choice.option.items()}
     logger.info("AutoScheme: %d layers in %d units, target %.4g bits, achieved %.4g bits per weight (sensitivity pass "

@@ -14,6 +14,10 @@ padding excluded) is taken at the head; then, from the last block back, each blo
 forward recomputed on its saved input with gradients on, and the incoming gradient pushed through it.
 Each candidate's per-option sums are complete when its block is done. Blocks run with
 ``functional_call`` on float32 copies of their tensors: no module is changed.
+
+Re-linearization (``current``): the pass can run with a plan's RTN weights in place of the float ones, so that
+each layer's input and output gradient are those of the quantized model (the damage of a later layer then
+includes what earlier 2-bit layers did to its input). The option errors ``d_t`` stay relative to the float weight.
 """
 
 from __future__ import annotations
@@ -95,6 +99,17 @@ def _leaves(module: torch.nn.Module, locals_: Mapping[str, LayerPlan], device: s
             for loc in locals_}
 
 
+def _in_place(module: torch.nn.Module, locals_: Mapping[str, LayerPlan], current: Mapping[str, QuantScheme],
+              device: str) -> dict[str, torch.Tensor]:
+    """The RTN weights of ``current``'s layers among ``locals_``, by parameter name inside ``module``."""
+    out = {}
+    for loc, p in locals_.items():
+        if p.name in current:
+            w = module.get_submodule(loc).weight.detach().to(device=device, dtype=torch.float32)
+            out[f"{loc}.weight" if loc else "weight"] = rtn_weight(p, current[p.name], w)
+    return out
+
+
 def _n_targets(input_ids: torch.Tensor, mask: torch.Tensor | None) -> int:
     """Tokens the loss is averaged over: every next-token label that is not padding."""
     if mask is None:
@@ -114,8 +129,12 @@ def _capture(model, first, input_ids, batch, budget) -> RowStore:
 
 def layer_gradients(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str, LayerPlan], input_ids: torch.Tensor,
                     mask: torch.Tensor | None, probe: Probe, weights: ModelWeights | None = None,
-                    batch_size: int = 8, budget: MemoryBudget | None = None, device: str = "cpu") -> float:
-    """``probe`` sees every layer of ``layers`` (blocks from last to first, the head first); returns the loss. L is the mean next-token cross-entropy over the non-padding labels of all rows."""
+                    batch_size: int = 8, budget: MemoryBudget | None = None, device: str = "cpu",
+                    current: Mapping[str, QuantScheme] | None = None) -> float:
+    """``probe`` sees every layer of ``layers`` (blocks from last to first, the head first); returns the loss. L is the mean next-token cross-entropy over the non-padding labels of all rows.
+    ``current`` (layer -> scheme): those layers run with their RTN weights in place (re-linearization); the
+    probe still gets the float weights."""
+    current = current or {}
     weights = weights or ModelWeights.in_memory(model)
     budget = budget or MemoryBudget.default(tempfile.gettempdir())
     blocks = get_module(model, arch.blocks)
@@ -134,7 +153,8 @@ def layer_gradients(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str
         stores.append(_capture(model, blocks[0], input_ids, batch_size, budget))
         for i in range(n):  # forward, keeping every block's input
             weights.load(model, f"{prefix}.{i}")
-            params = _float_tensors(blocks[i], device)
+            local = {p.name[len(f"{prefix}.{i}."):]: p for p in layers.values() if p.block == i}
+            params = {**_float_tensors(blocks[i], device), **_in_place(blocks[i], local, current, device)}
             a = args[i].to(device, torch.float32)
             out = stores[-1].empty_like(f"block {i + 1} inputs")
             with torch.no_grad():
@@ -143,17 +163,19 @@ def layer_gradients(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str
             stores.append(out)
             del params
             weights.drop(model, f"{prefix}.{i}")
-        loss = _head_backward(model, arch, layers, input_ids, mask, stores[-1], total, batch_size, probe, device)
+        loss = _head_backward(model, arch, layers, input_ids, mask, stores[-1], total, batch_size, probe, device,
+                              current)
         grad = stores.pop()  # now holds dL/d(final hidden states)
         for i in range(n - 1, -1, -1):  # backward, block by block
             weights.load(model, f"{prefix}.{i}")
             local = {p.name[len(f"{prefix}.{i}."):]: p for p in layers.values() if p.block == i}
-            leaves = _leaves(blocks[i], local, device)
+            floats = _leaves(blocks[i], local, device)
+            leaves = {**floats, **{k: w.requires_grad_() for k, w in _in_place(blocks[i], local, current, device).items()}}
             params = {**_float_tensors(blocks[i], device, skip=tuple(leaves)), **leaves}
             a = args[i].to(device, torch.float32)
             inputs = stores.pop()
             for loc, p in local.items():
-                probe.start(p, leaves[f"{loc}.weight"].detach())
+                probe.start(p, floats[f"{loc}.weight"].detach())
             with _taps(blocks[i], local, probe):
                 for s in range(0, n_rows, batch_size):
                     h = inputs[s:s + batch_size].to(device).requires_grad_()
@@ -164,8 +186,9 @@ def layer_gradients(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str
             inputs.close()
             for loc, p in local.items():
                 leaf = leaves[f"{loc}.weight"]
-                probe.finish(p, leaf.grad if leaf.grad is not None else torch.zeros_like(leaf), leaf.detach())
-            del leaves, params
+                probe.finish(p, leaf.grad if leaf.grad is not None else torch.zeros_like(leaf),
+                             floats[f"{loc}.weight"].detach())
+            del leaves, floats, params
             weights.drop(model, f"{prefix}.{i}")
             release_free_memory()
         grad.close()
@@ -176,16 +199,17 @@ def layer_gradients(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str
     return loss
 
 
-def _head_backward(model, arch, layers, input_ids, mask, hidden, total, batch_size, probe, device) -> float:
+def _head_backward(model, arch, layers, input_ids, mask, hidden, total, batch_size, probe, device, current) -> float:
     """Loss at the head; ``hidden`` is overwritten by dL/dhidden; the lm_head is probed if a candidate."""
     norm, head = get_module(model, arch.final_norm), get_module(model, arch.lm_head)
     norm_p = _float_tensors(norm, device)
     head_plan = layers.get(arch.lm_head)
-    leaves = _leaves(head, {"": head_plan}, device) if head_plan is not None else {}
-    head_p = {**_float_tensors(head, device, skip=tuple(leaves)), **leaves}
     taps = {"": head_plan} if head_plan is not None else {}
+    floats = _leaves(head, taps, device)
+    leaves = {**floats, **{k: w.requires_grad_() for k, w in _in_place(head, taps, current, device).items()}}
+    head_p = {**_float_tensors(head, device, skip=tuple(leaves)), **leaves}
     for p in taps.values():
-        probe.start(p, leaves["weight"].detach())
+        probe.start(p, floats["weight"].detach())
     loss_sum = 0.0
     with _taps(head, taps, probe):
         for s in range(0, input_ids.shape[0], batch_size):
@@ -202,8 +226,7 @@ def _head_backward(model, arch, layers, input_ids, mask, hidden, total, batch_si
             loss_sum += float(loss.detach())
             hidden[s:s + batch_size] = h.grad
     if head_plan is not None:
-        leaf = leaves["weight"]
-        probe.finish(head_plan, leaf.grad, leaf.detach())
+        probe.finish(head_plan, leaves["weight"].grad, floats["weight"].detach())
     return loss_sum
 
 
@@ -225,12 +248,14 @@ class Terms:
 
     - ``fisher``: ``sum_t (g_t . d_t)^2``; ``n/2`` times it is the empirical-Fisher quadratic term, the estimate;
     - ``first``: ``sum_t g_t . d_t``, the signed first-order change of L on these tokens (kept out of the estimate);
-    - ``abs_grad``: ``sum |dL/dW * (Q(W) - W)|``, AutoRound's first-order score (reference §8), for comparison.
+    - ``abs_grad``: ``sum |dL/dW * (Q(W) - W)|``, AutoRound's first-order score (reference §8), for comparison;
+    - ``channel``: ``sum_t sum_o g_to^2 d_to^2``, the per-output-channel (diagonal) variant of ``fisher``.
     """
 
     fisher: float = 0.0
     first: float = 0.0
     abs_grad: float = 0.0
+    channel: float = 0.0
 
 
 class _Accumulate:
@@ -257,6 +282,7 @@ class _Accumulate:
             t = self.terms[plan.name][name]
             t.first += float(s.sum())
             t.fisher += float((s * s).sum())
+            t.channel += float(((err * g) ** 2).sum(dtype=torch.float64))
 
     def finish(self, plan: LayerPlan, grad: torch.Tensor, weight: torch.Tensor) -> None:
         for name, d in self._delta.pop(plan.name).items():
@@ -267,12 +293,14 @@ class _Accumulate:
 def sensitivity_terms(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str, LayerPlan],
                       options: Mapping[str, QuantScheme], input_ids: torch.Tensor, mask: torch.Tensor | None,
                       weights: ModelWeights | None = None, batch_size: int = 8, spill_dir: "str | Path | None" = None,
-                      max_memory: int | None = None, device: str = "cpu") -> tuple[dict[str, dict[str, Terms]], int]:
-    """layer -> quantized option -> ``Terms``, and the number of loss tokens n, from one forward and backward."""
+                      max_memory: int | None = None, device: str = "cpu",
+                      current: Mapping[str, QuantScheme] | None = None) -> tuple[dict[str, dict[str, Terms]], int]:
+    """layer -> quantized option -> ``Terms``, and the number of loss tokens n, from one forward and backward
+    (with ``current``'s RTN weights in place, see ``layer_gradients``)."""
     where = Path(spill_dir or tempfile.gettempdir())
     budget = MemoryBudget.default(where) if max_memory is None else MemoryBudget(max_memory, where)
     acc = _Accumulate(options)
-    layer_gradients(model, arch, layers, input_ids, mask, acc, weights, batch_size, budget, device)
+    layer_gradients(model, arch, layers, input_ids, mask, acc, weights, batch_size, budget, device, current)
     full_mask = mask is None or bool(mask.all())
     return acc.terms, _n_targets(input_ids, None if full_mask else mask.bool())
 
@@ -288,8 +316,9 @@ def estimate(t: Terms, n: int) -> float:
 def sensitivity(model: torch.nn.Module, arch: ArchFacts, layers: Mapping[str, LayerPlan],
                 options: Mapping[str, QuantScheme], input_ids: torch.Tensor, mask: torch.Tensor | None,
                 weights: ModelWeights | None = None, batch_size: int = 8, spill_dir: "str | Path | None" = None,
-                max_memory: int | None = None, device: str = "cpu") -> dict[str, dict[str, float]]:
+                max_memory: int | None = None, device: str = "cpu",
+                current: Mapping[str, QuantScheme] | None = None) -> dict[str, dict[str, float]]:
     """layer -> option -> ``estimate`` of its loss increase (0 for float options), from one pass."""
     terms, n = sensitivity_terms(model, arch, layers, options, input_ids, mask, weights, batch_size, spill_dir,
-                                 max_memory, device)
+                                 max_memory, device, current)
     return {layer: {o: estimate(terms[layer][o], n) if o in terms[layer] else 0.0 for o in options} for layer in terms}

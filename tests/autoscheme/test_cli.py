@@ -18,12 +18,12 @@ def test_avg_bits_needs_options_before_loading(tmp_path, capsys):
 
 def test_streamed_cli_run_records_the_choice(tiny_model_dir, tmp_path):
     assert main(["--model", str(tiny_model_dir), "--avg_bits", "3.5", "--options", "W2A16G64,W4A16", "--iters", "0",
-                 "--nsamples", "4", "--seqlen", "64", "--shared_layers", "o_proj,down_proj", "--output_dir",
+                 "--nsamples", "4", "--seqlen", "64", "--shared_layers", "o_proj,down_proj", "--autoscheme_rounds", "2", "--output_dir",
                  str(tmp_path), "-q"]) == 0
     out = next(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     run = json.loads((out / "signround.json").read_text())
     auto = run["settings"]["auto_scheme"]
-    assert auto["options"] == ["W2A16G64", "W4A16"] and auto["avg_bits"] == 3.5
+    assert auto["options"] == ["W2A16G64", "W4A16"] and auto["avg_bits"] == 3.5 and auto["rounds"] == 2
     assert auto["achieved_avg_bits"] <= 3.5 and auto["shared_layers"] == [["o_proj", "down_proj"]]
     for b in range(2):
         assert auto["layers"][f"model.layers.{b}.self_attn.o_proj"] == auto["layers"][f"model.layers.{b}.mlp.down_proj"]
