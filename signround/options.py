@@ -179,7 +179,7 @@ OPTIONS: tuple[Option, ...] = (
            "names or regexes; ',' inside a group, ';' between groups", "AutoScheme"),
     Option("ignore_scale_zp_bits", bool, False, "AutoScheme: count only the weights' bits, not scales and zero "
            "points", "AutoScheme", cli="true"),
-    Option("autoscheme_rounds", int, None, "AutoScheme: sensitivity passes (default 2); each after the first "
+    Option("autoscheme_rounds", int, None, "AutoScheme: sensitivity passes (default 1); each after the first "
            "re-scores with the previous choice quantized in place", "AutoScheme", _at_least(1)),
     *(_EVAL_OPTIONS := (  # lm-eval after the export (signround/eval/lmeval.py); `signround eval` takes the same rows
         Option("tasks", (str, list, tuple), None, "after the export, evaluate the first output with lm-eval on these "

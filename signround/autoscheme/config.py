@@ -78,7 +78,7 @@ class AutoScheme:
     ignore_scale_zp_bits: bool = False
     nsamples: int | None = None
     seqlen: int | None = None
-    rounds: int = 2  # measured on SmolLM2 (benchmarks/RESULTS.md): a 2nd round lowered the mix's KL, a 3rd did not
+    rounds: int = 1  # 2 re-linearizes once more: lower held-out KL with RTN weights on SmolLM2, twice the pass time (RESULTS.md)
 
     def __post_init__(self) -> None:
         if isinstance(self.avg_bits, bool) or not isinstance(self.avg_bits, (int, float)) \
