@@ -12,6 +12,8 @@ from signround.model.arch import arch_facts
 from signround.plan import build_plan
 from signround.schemes import resolve_scheme
 
+from .peaked import peaked_tiny
+
 
 def test_pass_with_plan_in_place_equals_quantized_model_backward(tiny, calib_ids):
     model = tiny("llama")
@@ -57,23 +59,6 @@ def test_rounds_checked_on_construction(bad):
         AutoScheme(avg_bits=3, options=("W2A16G64", "W4A16"), rounds=bad)
 
 
-def _peaked_tiny(tiny, seed):
-    """The scaled tiny model of test_sensitivity (weights x6, rows sampled from it), so that KL is meaningful."""
-    model = tiny("llama", seed=seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(6.0)
-    model.requires_grad_(False)
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 512, (8, 1), generator=g)
-    with torch.no_grad():
-        for _ in range(31):
-            probs = model(input_ids=ids).logits[:, -1].float().softmax(-1)
-            ids = torch.cat([ids, torch.multinomial(probs, 1, generator=g)], 1)
-    return model, ids
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_mix_beats_uniform_w3_and_rounds_do_not_hurt(tiny, seed):
     """At W3A16's size (3.15 bpw), the {W2A16G64, W4A16} plan's exact KL (RTN, calibration tokens) is below uniform
@@ -84,7 +69,7 @@ def test_mix_beats_uniform_w3_and_rounds_do_not_hurt(tiny, seed):
     from signround.autoscheme.sensitivity import sensitivity
     from signround.autoscheme.units import build_units
 
-    model, ids = _peaked_tiny(tiny, seed)
+    model, ids = peaked_tiny(tiny, seed)
     arch = arch_facts(model)
     plan = build_plan(model, arch, resolve_scheme("W4A16"))
     layers = {p.name: p for p in plan.quantized()}
