@@ -87,13 +87,19 @@ def check_output_target(target: "str | Path", overwrite: bool = False) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process. A zombie (killed, not yet reaped: an orphaned rank of a killed
+    torchrun waits for init) answers ``kill(pid, 0)`` but runs nothing, so it is not alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's live process
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS) or gone meanwhile: trust kill()
+        return True
+    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")  # the state follows the parenthesised name
 
 
 def _siblings(target: Path, kind: str) -> Iterator[tuple[Path, int]]:

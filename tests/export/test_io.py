@@ -201,3 +201,24 @@ def test_export_model_writes_the_run_record_and_refuses_a_foreign_dir(tiny, cali
     assert json.loads((out / "signround.json").read_text())["format"] == "auto_round"
     # the pre-flight knows each format's directory from the scheme alone, before the model loads
     assert export_dir_name("m", plan.default, Format.AUTO_ROUND) == "m-w4g128-auto_round"
+
+
+def test_a_zombie_is_not_a_running_owner():
+    """A killed child nobody has reaped yet (what an orphaned torchrun rank is until init reaps it) holds its pid
+    but runs nothing: a partial or work directory it owned must not count as in use."""
+    import time
+
+    from signround.export.io import _pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert _pid_alive(child.pid)
+        child.kill()
+        deadline = time.time() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z" and time.time() < deadline:
+            time.sleep(0.05)  # not reaped: we have not waited for it
+        assert not _pid_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not _pid_alive(child.pid)

@@ -148,7 +148,9 @@ def test_stops_at_eos_and_restores_attention_after_an_error(tiny):
             assert model.config._attn_implementation == DECODE_ATTENTION
             raise RuntimeError("boom")
     assert model.config._attn_implementation == before
-    with pytest.raises(ValueError, match=r"shape \(1, T\), got \(2, 6\)"):
+    with pytest.raises(ValueError, match=r"2 prompts need an attention_mask \(left padding"):
         greedy_decode(model, ids.repeat(2, 1), 5)
+    with pytest.raises(ValueError, match=r"prompts of shape \(B, T\) with T >= 1, got \(6,\)"):
+        greedy_decode(model, ids[0], 5)
     with pytest.raises(ValueError, match="max_new_tokens must be at least 1, got 0"):
         greedy_decode(model, ids, 0)
