@@ -67,17 +67,17 @@ def choose_scheme(auto: AutoScheme, plan: QuantPlan, fmts: list[Format], build: 
     units = build_units(list(cands), plan.blocks_prefix, arch.fused_groups if fuses else (), auto.shared_layers)
     head = plan.lm_head if plan.lm_head in cands else None
     t0 = time.time()
-    current, history = None, []
+    choice = None
     for r in range(auto.rounds):  # round > 1: re-linearize at the previous choice, quantized in place
+        current = None if choice is None else {n: effective_scheme(options[o], shapes[n])
+                                               for n, o in choice.option.items()}
         scores = sensitivity(model, arch, cands, options, input_ids, mask, replace(weights, keep=False),
                              runtime.forward_batch_size, max_memory=runtime.max_memory, device=runtime.device,
                              current=current)
-        choice = choose(units, shapes, options, scores, budget, head, auto.ignore_scale_zp_bits)
-        moved = 0 if current is None else sum(history[-1][n] != o for n, o in choice.option.items())
+        previous, choice = choice, choose(units, shapes, options, scores, budget, head, auto.ignore_scale_zp_bits)
+        moved = 0 if previous is None else sum(previous.option[n] != o for n, o in choice.option.items())
         logger.info("AutoScheme round %d/%d: estimated loss %.4g, %d layers changed option", r + 1, auto.rounds,
                     choice.loss, moved)
-        history.append(dict(choice.option))
-        current = {n: effective_scheme(options[o], shapes[n]) for n, o in choice.option.items()}
     seconds = time.time() - t0
     achieved = (budget.fixed_bits + choice.bits) / budget.total_params
     layer_config = {n: effective_scheme(options[o], shapes[n]) for n, o in choice.option.items()}

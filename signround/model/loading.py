@@ -196,9 +196,14 @@ def open_model(source: str, dtype: "str | torch.dtype | None" = "auto", trust_re
     path = resolve_hub_id(source) if from_hub else Path(source)
     is_gguf = path.suffix == ".gguf" and path.is_file()
     folder_ok = path.is_dir() and (path / "config.json").is_file()
-    use_bin = folder_ok and not has_safetensors(path) and bool(bin_files(path))
-    why_whole = (None if is_gguf or (folder_ok and has_safetensors(path)) else is_streamable(path) if use_bin
-                 else "not a safetensors, .bin or .gguf checkpoint")
+    use_safetensors = folder_ok and has_safetensors(path)
+    use_bin = folder_ok and not use_safetensors and bool(bin_files(path))
+    if is_gguf or use_safetensors:
+        why_whole = None
+    elif use_bin:
+        why_whole = is_streamable(path)  # None, or why a legacy .bin cannot be mapped
+    else:
+        why_whole = "not a safetensors, .bin or .gguf checkpoint"
     if why_whole is not None:
         if use_bin:
             logger.warning("%s: loading the whole model, not streaming it: %s", source, why_whole)

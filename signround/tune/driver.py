@@ -45,10 +45,10 @@ from .imatrix import ImatrixCollector
 from .act_inputs import ActMaxCollector, act_schemes, quantized_inputs, static_names
 from .layer import LayerQuantizer, make_layer_state
 from .resume import BlockPart, Progress, WorkDir, load_progress, save_block
+from .upcast import linears_in_float32, small_tensors_to_float32
 
 if TYPE_CHECKING:
     from ..export.registry import ExportSink
-from .upcast import linears_in_float32, small_tensors_to_float32
 from .signround import BlockReport, SignRoundConfig, autocast_context as _autocast, tune_block
 
 __all__ = ["RuntimeOptions", "QuantizeResult", "quantize_model", "write_weight"]
@@ -446,14 +446,12 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
         return make_layer_state(p, local, w.float() if lean else w, collector.result(local), optimize=optimize,
                                 tensor_amax=amax.get(local))
 
+    states: list[LayerQuantizer] = []
     if lean:  # one layer's float32 weight at a time: made, rounded, recorded, released
         for local, p in zip(modules, layer_plans):
             _quantize_states([state(local, p)], modules, result, write=not drops)
-        n_states = len(layer_plans)
-        states: list[LayerQuantizer] = []
     else:
         states = [state(local, p) for local, p in zip(modules, layer_plans)]
-        n_states = len(states)
     phases.mark("init")
     report: BlockReport | None = None
     if tuning and states:
@@ -464,7 +462,7 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
                                 n_rows=chain.n_rows)
         phases.mark("tune")
     _quantize_states(states, modules, result, write=chain.q is not None or not drops)
-    n_layers = n_states
+    n_layers = len(layer_plans)
     states.clear()  # their frozen weights (views of the float32 block) and tunables go before the next copies
     if chain.q is not None:
         with torch.no_grad(), quantized_inputs(modules, acts, act_max):
