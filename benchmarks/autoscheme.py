@@ -2,7 +2,7 @@
 
     python benchmarks/autoscheme.py [--avg_bits 3.148] [--options W2A16G64,W4A16] [--uniform W3A16]
                                     [--iters 0] [--nsamples 16] [--seqlen 256] [--windows 16] [--rounds 2]
-                                    [--rows uniform,autoscheme] [--peer autoround]
+                                    [--rows uniform,autoscheme] [--peer autoround|autoround-choice]
 
 Every row uses the same method (optimised RTN with ``--iters 0``, SignRound otherwise), the same calibration
 (the bundled corpus, ``--nsamples`` x ``--seqlen``) and is evaluated on the same held-out windows against the
@@ -16,7 +16,8 @@ calibration size and text (signround's calibration rows of ``seqlen + 8`` tokens
 into a local JSON file that AutoRound tokenizes and cuts to ``seqlen``; its ``:concat=True`` path fails on local
 files in 0.16.1), run on the CPU: the seconds of its scheme choice (``GenScheme.get_layer_config``, timed by wrapping it in this process),
 the KL of its model quantized by AutoRound itself (``iters`` as above), and the KL of the same per-layer choice
-quantized by signround (``autoround-choice``). Average bits are signround's count over the Linear weights.
+quantized by signround (``autoround-choice``). ``--peer autoround-choice`` stops AutoRound after its
+choice (its RTN takes hours here) and reports only the choice's seconds and shape. Average bits are signround's count over the Linear weights.
 """
 
 from __future__ import annotations
@@ -142,8 +143,14 @@ def _option_of(cfg: dict, options: list[str]) -> str:
     raise ValueError(f"AutoRound chose {cfg} for a layer, which is none of {options}")
 
 
-def _peer_autoround(args, float_model, tok, target: float, rows, common: dict) -> dict:
-    """AutoRound's AutoScheme at the same target: its choice's seconds and KL, and the KL of that choice in signround."""
+class _ChoiceMade(Exception):
+    """Raised after AutoRound's scheme choice when only its time is wanted (its quantization is not run)."""
+
+
+def _peer_autoround(args, float_model, tok, target: float, rows, common: dict, choice_only: bool = False) -> dict:
+    """AutoRound's AutoScheme at the same target: its choice's seconds and KL, and the KL of that choice in signround.
+
+    ``choice_only``: the seconds of its scheme choice and what it chose, without quantizing (hours here on 2 cores)."""
     from auto_round import AutoRound as AR, AutoScheme as ARScheme
     from auto_round.auto_scheme import gen_auto_scheme
     from common import clone, kl_vs_float
@@ -162,6 +169,8 @@ def _peer_autoround(args, float_model, tok, target: float, rows, common: dict) -
         t0 = time.perf_counter()
         out = original(self)
         timing["seconds"], timing["choice"] = time.perf_counter() - t0, out
+        if choice_only:
+            raise _ChoiceMade
         return out
 
     gen_auto_scheme.GenScheme.get_layer_config = timed
@@ -172,10 +181,15 @@ def _peer_autoround(args, float_model, tok, target: float, rows, common: dict) -
                 seqlen=args.seqlen, device_map="cpu", dataset=str(data), enable_torch_compile=False)
         model = ar.quantize()[0]
         seconds = time.perf_counter() - t
+    except _ChoiceMade:
+        model = None
     finally:
         gen_auto_scheme.GenScheme.get_layer_config = original
     quantized = {n: c for n, c in timing["choice"].items() if c.get("bits", 16) < 16}
     choice = {n: _option_of(c, options) for n, c in quantized.items()}
+    if model is None:
+        return {"autoround": {"scheme_seconds": round(timing["seconds"], 1), "layers_per_option": _counts(choice),
+                              "avg_bits": round(_mix_bits(float_model, choice, options[0]), 4)}}
     out = {"autoround": {**kl_vs_float(model.float(), float_model, rows), "seconds": round(seconds, 1),
                          "scheme_seconds": round(timing["seconds"], 1), "avg_bits": round(_mix_bits(float_model, choice,
                                                                                                      options[0]), 4),
@@ -202,7 +216,8 @@ def main() -> None:
     p.add_argument("--rows", default="uniform,autoscheme", help="which of uniform,autoscheme,depthsplit,rtnrounds to run "
                    "(depthsplit: the first blocks in the widest option, the rest in the narrowest, at the same target; "
                    "rtnrounds: the plain-RTN proxy of uniform and of AutoScheme after each of --rounds rounds)")
-    p.add_argument("--peer", choices=("autoround",), default=None, help="add AutoRound's own AutoScheme")
+    p.add_argument("--peer", choices=("autoround", "autoround-choice"), default=None,
+                   help="add AutoRound's own AutoScheme (autoround-choice: only time its scheme choice, then stop it)")
     args = p.parse_args()
 
     from common import clone, heldout_rows, kl_vs_float, load_smollm2, machine_line
@@ -253,8 +268,9 @@ def main() -> None:
         results.update(_rtn_rounds(float_model, tok, args.options.split(","), args.uniform, target, rows, args.nsamples,
                                    args.seqlen, args.rounds))
 
-    if args.peer == "autoround":
-        results.update(_peer_autoround(args, float_model, tok, target, rows, common))
+    if args.peer:
+        results.update(_peer_autoround(args, float_model, tok, target, rows, common,
+                                       choice_only=args.peer == "autoround-choice"))
     results["load_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     print(json.dumps(results, indent=1))
 

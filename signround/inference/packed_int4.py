@@ -20,12 +20,15 @@ and asymmetric layers (whose zero half has to be computed) keep the kernel's pai
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
 from ..quant.types import QuantizedWeight
 
-__all__ = ["PackedInt4Linear", "KERNEL_GROUPS", "COMPACT_KERNEL_GROUP", "int4_kernel_group", "pack_int4"]
+__all__ = ["PackedInt4Linear", "KERNEL_GROUPS", "COMPACT_KERNEL_GROUP", "int4_kernel_group", "pack_int4",
+           "scales_with_zero_half"]
 
 KERNEL_GROUPS = (256, 128, 64, 32)  # what _weight_int4pack_mm_for_cpu accepts, largest first
 GROUP_MULTIPLE = 32  # a layer's group size must be a multiple of this (or span the whole row)
@@ -75,6 +78,16 @@ def pack_int4(qw: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor, int, int
     return packed, pair.transpose(0, 1).contiguous().to(torch.bfloat16), group, padded_in
 
 
+def scales_with_zero_half(scales: torch.Tensor) -> torch.Tensor:
+    """(groups, out, 2) bfloat16 pairs (scale, 0) from (groups, out) bfloat16 scales, in one contiguous op.
+
+    Zero-extending each scale's 16 bits to 32 is, in little-endian memory, the bfloat16 pair (scale, +0.0);
+    this is one vectorized conversion where padding a trailing dimension of 1 is a slow strided copy."""
+    if sys.byteorder != "little":
+        return F.pad(scales.unsqueeze(-1), (0, 1))
+    return scales.view(torch.uint16).to(torch.int32).view(torch.bfloat16).view(*scales.shape, 2)
+
+
 class PackedInt4Linear(torch.nn.Module):
     """A 4-bit Linear whose codes stay packed: half a byte per weight plus 4 bytes per kernel group and row (2 for
     a symmetric layer at kernel group 32)."""
@@ -105,7 +118,9 @@ class PackedInt4Linear(torch.nn.Module):
 
     def _pair(self) -> torch.Tensor:
         """The kernel's (groups, out, 2) scale-and-zero: kept, or built from the scales with a zero half."""
-        return self.scale_and_zero if self.scales is None else F.pad(self.scales.unsqueeze(-1), (0, 1))
+        if self.scales is None:
+            return self.scale_and_zero
+        return scales_with_zero_half(self.scales)
 
     @property
     def weight(self) -> torch.Tensor:

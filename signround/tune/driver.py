@@ -435,6 +435,7 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
         runtime.parallel.reduce_imatrix(collector.sums, collector.counts, list(modules))
     act_max = {n: runtime.parallel.reduce_max(act_collector.max.get(n, torch.zeros(()))) for n in statics}
     result.act_max.update({prefix + n: m for n, m in act_max.items()})
+    release_free_memory()  # the pass's temporaries, before the per-layer search allocates its own
     phases.mark("reference")
     amax = fp_layer.shared_amax({local: (p, modules[local].weight) for local, p in zip(modules, layer_plans)},
                                 fused_groups)  # NVFP4: one global scale per fused q/k/v, gate/up
@@ -450,6 +451,7 @@ def _quantize_block(i, block, block_args, plan, chain, method, start, signround,
     if lean:  # one layer's float32 weight at a time: made, rounded, recorded, released
         for local, p in zip(modules, layer_plans):
             _quantize_states([state(local, p)], modules, result, write=not drops)
+            release_free_memory()  # this layer's search state, before the next layer's
     else:
         states = [state(local, p) for local, p in zip(modules, layer_plans)]
     phases.mark("init")

@@ -19,7 +19,7 @@ from signround.inference.backends import select_backend
 from signround.inference.layouts import Layout
 from signround.inference.load import load_quantized
 from signround.inference.packed_dequant import DequantOnTheFlyLinear, pack_slots, unpack_slots
-from signround.inference.packed_int4 import PackedInt4Linear
+from signround.inference.packed_int4 import PackedInt4Linear, scales_with_zero_half
 from signround.inference.packed_int8 import PackedInt8Linear
 from signround.inference.qlinear import QuantLinear
 from signround.quant.types import QuantizedWeight
@@ -87,6 +87,16 @@ def test_int4_group32_sym_memory_under_three_tenths_of_bf16():
         layer = PackedInt4Linear(_qw(4, 1536, 576, 32, sym), None, torch.bfloat16)
         ratio[sym] = sum(t.numel() * t.element_size() for t in layer.buffers() if t is not None) / (1536 * 576 * 2)
     assert ratio[True] == pytest.approx(0.28125) and ratio[False] == pytest.approx(0.3125)
+
+
+def test_scales_with_zero_half_is_the_padded_pair():
+    """The one-op pair builder gives exactly (scale, +0.0) per element: negative, tiny, subnormal and large
+    scales keep their bits, and the zero half is +0.0 (bit pattern 0), which the kernel adds as no offset."""
+    scales = torch.tensor([[1.0, -2.5, 1e-38, 3.0e38], [0.0, -0.0, 9.2e-41, 7.1e-3]], dtype=torch.bfloat16)
+    built = scales_with_zero_half(scales)
+    want = torch.stack((scales, torch.zeros_like(scales)), -1)
+    assert built.shape == (2, 4, 2) and built.dtype == torch.bfloat16 and built.is_contiguous()
+    assert torch.equal(built.view(torch.int16), want.view(torch.int16))
 
 
 @pytest.mark.parametrize("group,in_f,kernel_group,padded", [(128, 576, 64, 576), (128, 512, 128, 512),
