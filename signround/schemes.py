@@ -291,6 +291,8 @@ PRESETS: dict[str, QuantScheme] = {
     "FPW8A16": QuantScheme(bits=8, group_size=0, data_type="fp"),
     "FP8_STATIC": QuantScheme(bits=8, group_size=-1, data_type="fp", act_bits=8, act_group_size=0, act_dynamic=False),
     "FP8_BLOCK": QuantScheme(bits=8, group_size=128, group_rows=128, data_type="fp", act_bits=8),
+    # llm-compressor's FP8_DYNAMIC (what vLLM's CPU build serves among the FP8 schemes): inputs per token, dynamic.
+    "FP8_DYNAMIC": QuantScheme(bits=8, group_size=-1, data_type="fp", act_bits=8, act_group_size=-1),
     "INT8_W8A8": QuantScheme(bits=8, group_size=-1, act_bits=8),
     "BF16": KEEP,
     **{name: gguf_scheme(MIXES[mix].default.name) for name, mix in GGUF_PRESETS.items()},

@@ -57,6 +57,7 @@ def test_group_sizes_minus_one_and_zero_are_valid():
     ("FPW8A16", ("fp", 8, 0, 1), (16, None, "float", True)),
     ("FP8_STATIC", ("fp", 8, -1, 1), (8, 0, "fp", False)),
     ("FP8_BLOCK", ("fp", 8, 128, 128), (8, 128, "fp", True)),
+    ("FP8_DYNAMIC", ("fp", 8, -1, 1), (8, -1, "fp", True)),
     ("INT8_W8A8", ("int", 8, -1, 1), (8, -1, "int", True)),
 ])
 def test_fp_presets_resolve_their_weight_and_activation_parts(name, weights, acts):

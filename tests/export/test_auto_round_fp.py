@@ -24,7 +24,7 @@ from signround.quant.fp_types import FPQuantized
 from signround.schemes import resolve_scheme
 from tests.helpers import logits
 
-PRESETS = ["MXFP4", "MXFP4_RCEIL", "MXFP8", "MXINT4", "NVFP4", "FPW8A16", "FP8_STATIC", "FP8_BLOCK"]
+PRESETS = ["MXFP4", "MXFP4_RCEIL", "MXFP8", "MXINT4", "NVFP4", "FPW8A16", "FP8_STATIC", "FP8_BLOCK", "FP8_DYNAMIC"]
 FP8_MAX = 448.0
 
 
@@ -186,7 +186,7 @@ def test_every_layout_decodes_independently_to_the_codes_weights(preset, tiny, t
     else:
         assert t[f"{q}.weight"].dtype == torch.float8_e4m3fn
         want = {"FPW8A16": ("weight_scale", (1,)), "FP8_STATIC": ("weight_scale", (128,)),
-                "FP8_BLOCK": ("weight_scale_inv", (1, 2))}[preset]
+                "FP8_BLOCK": ("weight_scale_inv", (1, 2)), "FP8_DYNAMIC": ("weight_scale", (128,))}[preset]
         assert tuple(t[f"{q}.{want[0]}"].shape) == want[1]
         assert ("input_scale" in {k.rsplit(".", 1)[1] for k in t if k.startswith(q)}) == (preset == "FP8_STATIC")
 
@@ -205,6 +205,8 @@ EXPECTED_CONFIG = {
                        act_group_size=0, act_data_type="fp", act_dynamic=False, activation_scheme="static"),
     "FP8_BLOCK": dict(packing_format="auto_round:fp8", group_size=[128, 128], weight_block_size=[128, 128],
                       act_group_size=128, act_dynamic=True, activation_scheme="dynamic"),
+    "FP8_DYNAMIC": dict(packing_format="auto_round:fp8", data_type="fp", group_size=-1, act_bits=8, act_group_size=-1,
+                        act_data_type="fp", act_dynamic=True, activation_scheme="dynamic"),
 }
 
 

@@ -29,7 +29,7 @@ from tests.helpers import logits, quantize_tiny
 
 FMT = Format.LLM_COMPRESSOR
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
-FP_PRESETS = ["MXFP4", "MXFP8", "NVFP4", "FPW8A16", "FP8_STATIC", "FP8_BLOCK"]
+FP_PRESETS = ["MXFP4", "MXFP8", "NVFP4", "FPW8A16", "FP8_STATIC", "FP8_BLOCK", "FP8_DYNAMIC"]
 ACT_MAX = 3.5
 
 

