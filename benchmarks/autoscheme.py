@@ -17,7 +17,7 @@ into a local JSON file that AutoRound tokenizes and cuts to ``seqlen``; its ``:c
 files in 0.16.1), run on the CPU: the seconds of its scheme choice (``GenScheme.get_layer_config``, timed by wrapping it in this process),
 the KL of its model quantized by AutoRound itself (``iters`` as above), and the KL of the same per-layer choice
 quantized by signround (``autoround-choice``). ``--peer autoround-choice`` stops AutoRound after its
-choice (its RTN takes hours here) and reports only the choice's seconds and shape. Average bits are signround's count over the Linear weights.
+choice and reports only the choice's seconds and shape (a timing run without its quantization). Average bits are signround's count over the Linear weights.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class _ChoiceMade(Exception):
 def _peer_autoround(args, float_model, tok, target: float, rows, common: dict, choice_only: bool = False) -> dict:
     """AutoRound's AutoScheme at the same target: its choice's seconds and KL, and the KL of that choice in signround.
 
-    ``choice_only``: the seconds of its scheme choice and what it chose, without quantizing (hours here on 2 cores)."""
+    ``choice_only``: the seconds of its scheme choice and what it chose, without quantizing."""
     from auto_round import AutoRound as AR, AutoScheme as ARScheme
     from auto_round.auto_scheme import gen_auto_scheme
     from common import clone, kl_vs_float
